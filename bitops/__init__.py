@@ -1,0 +1,47 @@
+"""bitops: packed 1-bit and 2-bit weights for BERT-class models, with kernels for training and
+inference.
+
+* ``bitops.pack`` / ``bitops.unpack``: codes <-> packed int32 words (layouts: ``bitops.formats``).
+* ``bitops.BinaryLinear`` / ``bitops.TernaryLinear``: drop-in nn.Linear replacements.
+* ``bitops.quantize_(model, BinaryConfig())``: swap a model's Linear layers in place.
+* ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
+from ._ops import ops
+from .api import BinaryConfig, TernaryConfig, quantize_
+from .formats import PackFormat
+from .nn import BinaryLinear, TernaryLinear
+
+__all__ = [
+    "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryConfig", "TernaryConfig",
+    "quantize_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
+]
+__version__ = "0.1.0"
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack int8 codes (..., K) along the last dimension into int32 words (..., ceil(K*bits/32)).
+
+    bits=1: codes in {-1, +1}; bits=2: codes in [-2, 1] (ternary codes are the subset {-1, 0, 1}).
+    Layout (bit order, padding): :mod:`bitops.formats`.
+    """
+    return ops.pack_bits(codes, bits)
+
+
+def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Exact inverse of :func:`pack`: int32 words (..., W) -> int8 codes (..., k)."""
+    return ops.unpack_bits(packed, bits, k)
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Pick the CPU kernels: "auto" (AVX2 when the CPU has it; the default), "avx2" or "portable"."""
+    _ops._C.set_cpu_isa(isa)
+
+
+def cpu_isa() -> str:
+    """The CPU kernel path in use: "avx2" or "portable"."""
+    return _ops._C.cpu_isa()

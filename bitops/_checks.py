@@ -1,0 +1,157 @@
+"""Argument checks shared by the pure-torch reference, the fake (meta) implementations and the Triton
+wrappers. The C++ kernels state the same rules in ``csrc/checks.h`` with the same messages, so a
+user sees one wording whichever backend runs. Every message names the argument, the value it got
+and what was expected."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .formats import check_bits, packed_words
+
+FLOAT_ACTIVATION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _fail(msg: str):
+    raise ValueError(msg)
+
+
+def check_dtype(name: str, t: torch.Tensor, *dtypes: torch.dtype) -> None:
+    if t.dtype not in dtypes:
+        want = " or ".join(str(d) for d in dtypes)
+        _fail(f"{name} has dtype {t.dtype}; expected {want}")
+
+
+def check_dim(name: str, t: torch.Tensor, dim: int, what: str) -> None:
+    if t.dim() != dim:
+        _fail(f"{name} has {t.dim()} dimensions (shape {tuple(t.shape)}); expected {dim}: {what}")
+
+
+def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.device != first.device:
+            _fail(f"{n} is on {t.device} but {first_name} is on {first.device}; expected all tensors on one device")
+
+
+def check_in_features(in_features: int) -> None:
+    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+        _fail(f"in_features={in_features!r}; expected a positive int (the unpacked K)")
+
+
+def check_packed_weight(packed_weight: torch.Tensor, bits: int, in_features: int) -> int:
+    """Validate a packed (N, W) weight against bits and K; returns N."""
+    check_bits(bits)
+    check_in_features(in_features)
+    check_dtype("packed_weight", packed_weight, torch.int32)
+    check_dim("packed_weight", packed_weight, 2, "(out_features, words) packed along K")
+    want = packed_words(in_features, bits)
+    if packed_weight.shape[1] != want:
+        _fail(
+            f"packed_weight has {packed_weight.shape[1]} words per row (shape {tuple(packed_weight.shape)}); "
+            f"expected {want} for in_features={in_features} at bits={bits}"
+        )
+    return packed_weight.shape[0]
+
+
+def check_weight_scale(weight_scale: torch.Tensor, n: int, in_features: int, group_size: int) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        _fail(f"group_size={group_size!r}; expected a positive int (in_features for one scale per row)")
+    check_dtype("weight_scale", weight_scale, torch.float32)
+    groups = -(-in_features // group_size)
+    if tuple(weight_scale.shape) != (n, groups):
+        _fail(
+            f"weight_scale has shape {tuple(weight_scale.shape)}; expected ({n}, {groups}) for "
+            f"out_features={n}, in_features={in_features}, group_size={group_size}"
+        )
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        _fail(f"{name} holds non-finite values (nan or inf); expected finite scales")
+
+
+def check_bias(bias: Optional[torch.Tensor], n: int) -> None:
+    if bias is None:
+        return
+    if not bias.dtype.is_floating_point:
+        _fail(f"bias has dtype {bias.dtype}; expected a floating dtype")
+    if tuple(bias.shape) != (n,):
+        _fail(f"bias has shape {tuple(bias.shape)}; expected ({n},) for out_features={n}")
+
+
+def check_linear_int8(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, group_size, data=True) -> int:
+    """Checks of packed_linear_int8; ``data=False`` skips the checks that read values (fake tensors)."""
+    n = check_packed_weight(packed_weight, bits, in_features)
+    check_dtype("x", x, torch.int8)
+    check_dim("x", x, 2, "(M, in_features) int8 activations")
+    if x.shape[1] != in_features:
+        _fail(f"x has {x.shape[1]} columns (shape {tuple(x.shape)}); expected in_features={in_features}")
+    check_dtype("x_scale", x_scale, torch.float32)
+    if tuple(x_scale.shape) != (x.shape[0],):
+        _fail(f"x_scale has shape {tuple(x_scale.shape)}; expected ({x.shape[0]},), one scale per row of x")
+    check_weight_scale(weight_scale, n, in_features, group_size)
+    check_bias(bias, n)
+    check_same_device(x=x, x_scale=x_scale, packed_weight=packed_weight, weight_scale=weight_scale, bias=bias)
+    if data:
+        check_finite("x_scale", x_scale)
+        check_finite("weight_scale", weight_scale)
+    return n
+
+
+def check_linear_float(x, packed_weight, weight_scale, bias, bits, in_features, group_size, data=True) -> int:
+    n = check_packed_weight(packed_weight, bits, in_features)
+    check_dtype("x", x, *FLOAT_ACTIVATION_DTYPES)
+    check_dim("x", x, 2, "(M, in_features) float activations")
+    if x.shape[1] != in_features:
+        _fail(f"x has {x.shape[1]} columns (shape {tuple(x.shape)}); expected in_features={in_features}")
+    check_weight_scale(weight_scale, n, in_features, group_size)
+    check_bias(bias, n)
+    check_same_device(x=x, packed_weight=packed_weight, weight_scale=weight_scale, bias=bias)
+    if data:
+        check_finite("weight_scale", weight_scale)
+    return n
+
+
+def check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features, group_size, data=True) -> int:
+    n = check_packed_weight(packed_weight, bits, in_features)
+    check_dtype("grad_output", grad_output, *FLOAT_ACTIVATION_DTYPES)
+    check_dim("grad_output", grad_output, 2, "(M, out_features)")
+    if grad_output.shape[1] != n:
+        _fail(f"grad_output has {grad_output.shape[1]} columns (shape {tuple(grad_output.shape)}); expected out_features={n}")
+    check_weight_scale(weight_scale, n, in_features, group_size)
+    check_same_device(grad_output=grad_output, packed_weight=packed_weight, weight_scale=weight_scale)
+    if data:
+        check_finite("weight_scale", weight_scale)
+    return n
+
+
+def check_codes(codes: torch.Tensor, bits: int, data: bool = True) -> None:
+    check_bits(bits)
+    check_dtype("codes", codes, torch.int8)
+    if codes.dim() < 1 or codes.shape[-1] < 1:
+        _fail(f"codes has shape {tuple(codes.shape)}; expected at least one dimension with K >= 1 codes in the last")
+    if not data or codes.numel() == 0:
+        return
+    lo, hi = (-1, 1) if bits == 1 else (-2, 1)
+    bad = (codes < lo) | (codes > hi)
+    if bits == 1:
+        bad |= codes == 0
+    if bool(bad.any()):
+        v = int(codes[bad].flatten()[0])
+        allowed = "{-1, +1}" if bits == 1 else "[-2, 1]"
+        _fail(f"codes holds the value {v}; expected codes in {allowed} for bits={bits}")
+
+
+def check_packed(packed: torch.Tensor, bits: int, k: int) -> None:
+    check_bits(bits)
+    check_dtype("packed", packed, torch.int32)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        _fail(f"k={k!r}; expected a positive int (the number of codes per row)")
+    if packed.dim() < 1:
+        _fail("packed is a 0-dimensional tensor; expected (..., words)")
+    want = packed_words(k, bits)
+    if packed.shape[-1] != want:
+        _fail(f"packed has {packed.shape[-1]} words in its last dimension; expected {want} for k={k} at bits={bits}")

@@ -1,0 +1,286 @@
+"""Drop-in packed Linear layers: :class:`BinaryLinear` (1-bit weights) and :class:`TernaryLinear`
+(2-bit ternary weights), with int8/int4 or float activations.
+
+Two states, one arithmetic:
+
+* training (default): the layer keeps latent float weights. Every forward quantizes and packs them
+  and runs the packed kernel (``torch.ops.bitops.packed_linear_int8`` or ``packed_linear_float``),
+  so the student is trained on the very kernels it will be served with. Backward: grad_input goes
+  through ``packed_linear_grad_input`` (the packed weights again, no dense copy kept), grad_weight
+  is the straight-through estimate ``grad_out.T @ x_hat`` computed by an fp32 GEMM.
+* frozen (:meth:`freeze`): the latent weights are dropped; the packed words and scales are buffers.
+  A frozen layer computes bit-for-bit what the training layer computed on integer paths, its
+  state_dict holds only packed tensors, and it can still pass gradients to its input.
+
+The packing format and every other fact needed to read the buffers travel in the state_dict as
+the module's extra state (``<prefix>_extra_state``), never inferred from shapes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import quantizers as Q
+from ._ops import ops
+from .formats import PackFormat
+
+STATE_VERSION = 1
+ACT_QUANTS = ("dynamic", "pact", "lsq")
+PACT_INIT_CLIP = 2.5  # BinaryBERT's initial clip for A8 activations
+
+
+def _packed_forward(x, q, x_scale, packed, w_scale, bias, bits, in_features, group_size):
+    if q is not None:
+        return ops.packed_linear_int8(q, x_scale, packed, w_scale, bias, bits, in_features, group_size)
+    return ops.packed_linear_float(x, packed, w_scale, bias, bits, in_features, group_size)
+
+
+def _backward(ctx, grad_y, packed, w_scale):
+    grad_x = ops.packed_linear_grad_input(
+        grad_y.contiguous(), packed, w_scale, ctx.bits, ctx.in_features, ctx.group_size
+    )
+    grad_b = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[ctx.bias_index] else None
+    return grad_x, grad_b
+
+
+class _TrainingLinearFn(torch.autograd.Function):
+    """Quantize + pack the latent weight, packed GEMM; STE backward (see module docstring).
+
+    x_hat: float (M, K), the (fake-quantized) activations; q, x_scale: their int8 codes and per-row
+    scales, or None for float activations.
+    """
+
+    @staticmethod
+    def forward(ctx, x_hat, q, x_scale, weight, bias, bits, granularity, group_size):
+        codes, w_scale, gs = Q.quantize_weight(weight, bits, granularity, group_size)
+        packed = ops.pack_bits(codes, bits)
+        k = weight.shape[1]
+        y = _packed_forward(x_hat, q, x_scale, packed, w_scale, bias, bits, k, gs)
+        ctx.save_for_backward(x_hat, packed, w_scale)
+        ctx.bits, ctx.in_features, ctx.group_size = bits, k, gs
+        ctx.has_bias, ctx.bias_index, ctx.weight_dtype = bias is not None, 4, weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x_hat, packed, w_scale = ctx.saved_tensors
+        grad_x, grad_b = _backward(ctx, grad_y, packed, w_scale)
+        grad_w = None
+        if ctx.needs_input_grad[3]:
+            grad_w = (grad_y.to(torch.float32).t() @ x_hat.to(torch.float32)).to(ctx.weight_dtype)
+        return grad_x.to(x_hat.dtype), None, None, grad_w, grad_b, None, None, None
+
+
+class _FrozenLinearFn(torch.autograd.Function):
+    """Packed GEMM with stored packed weights; backward gives grad_input (and grad_bias) only."""
+
+    @staticmethod
+    def forward(ctx, x_hat, q, x_scale, packed, w_scale, bias, bits, in_features, group_size):
+        ctx.save_for_backward(packed, w_scale)
+        ctx.bits, ctx.in_features, ctx.group_size = bits, in_features, group_size
+        ctx.has_bias, ctx.bias_index, ctx.x_dtype = bias is not None, 5, x_hat.dtype
+        return _packed_forward(x_hat, q, x_scale, packed, w_scale, bias, bits, in_features, group_size)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        packed, w_scale = ctx.saved_tensors
+        grad_x, grad_b = _backward(ctx, grad_y, packed, w_scale)
+        return grad_x.to(ctx.x_dtype), None, None, None, None, grad_b, None, None, None
+
+
+class _PackedLinear(nn.Module):
+    """Shared body of BinaryLinear and TernaryLinear; subclasses fix ``weight_format``."""
+
+    weight_format: PackFormat
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        act_bits: Optional[int] = 8,
+        act_quant: str = "dynamic",
+        granularity: str = "row",
+        group_size: Optional[int] = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}; expected a positive int")
+        if act_bits not in (None, 8, 4):
+            raise ValueError(f"act_bits={act_bits!r}; expected 8, 4 or None (float activations)")
+        if act_quant not in ACT_QUANTS:
+            raise ValueError(f"act_quant={act_quant!r}; expected one of {ACT_QUANTS}")
+        if granularity not in Q.GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r}; expected one of {Q.GRANULARITIES}")
+        if granularity == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+            raise ValueError(f"group_size={group_size!r}; expected a positive int with granularity='group'")
+        self.in_features, self.out_features = in_features, out_features
+        self.act_bits, self.act_quant = act_bits, act_quant
+        self.granularity = granularity
+        self.group_size = group_size if granularity == "group" else in_features
+        self.frozen = False
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        if act_bits is not None and act_quant == "pact":
+            self.act_clip = nn.Parameter(torch.full((1,), PACT_INIT_CLIP, device=device))
+        if act_bits is not None and act_quant == "lsq":
+            self.act_step = nn.Parameter(torch.full((1,), PACT_INIT_CLIP / (2 ** (act_bits - 1) - 1), device=device))
+        self.reset_parameters()
+
+    @property
+    def bits(self) -> int:
+        return self.weight_format.bits
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation (Kaiming uniform weights, uniform bias)."""
+        if self.frozen:
+            return
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "_PackedLinear":
+        """A layer with ``linear``'s weights (copied) as latent weights, on its device and dtype."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear is a {type(linear).__name__}; expected torch.nn.Linear")
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+            **kwargs,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    # -- quantization ------------------------------------------------------------------------
+    def quantize_input(self, x2d: torch.Tensor):
+        """(x_hat, q, x_scale) for a (M, K) input; q and x_scale are None for float activations."""
+        if self.act_bits is None:
+            return x2d, None, None
+        if self.act_quant == "dynamic":
+            return Q.PerTokenSymmetricSTE.apply(x2d, self.act_bits)
+        if self.act_quant == "pact":
+            return Q.PactSTE.apply(x2d, self.act_clip, self.act_bits)
+        return Q.LsqSTE.apply(x2d, self.act_step, self.act_bits)
+
+    def packed_weight_and_scale(self):
+        """(packed int32 (N, W), scale float32 (N, G)) of the current weights."""
+        if self.frozen:
+            return self.packed_weight, self.weight_scale
+        with torch.no_grad():
+            codes, scale, _ = Q.quantize_weight(self.weight, self.bits, self.granularity, self.group_size)
+            return ops.pack_bits(codes, self.bits), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input has {x.shape[-1]} features in its last dimension (shape {tuple(x.shape)}); "
+                f"expected in_features={self.in_features}"
+            )
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        if self.act_bits is not None and x2d.dtype != torch.float32:
+            x2d = x2d.to(torch.float32)  # activation scales and int8 codes are computed in fp32
+        x_hat, q, x_scale = self.quantize_input(x2d)
+        if self.frozen:
+            y = _FrozenLinearFn.apply(
+                x_hat, q, x_scale, self.packed_weight, self.weight_scale, self.bias,
+                self.bits, self.in_features, self.group_size,
+            )
+        else:
+            y = _TrainingLinearFn.apply(
+                x_hat, q, x_scale, self.weight, self.bias, self.bits, self.granularity, self.group_size
+            )
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    # -- freezing and serialization ---------------------------------------------------------
+    def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
+        if "weight" in self._parameters:
+            del self._parameters["weight"]
+        self.register_buffer("packed_weight", packed)
+        self.register_buffer("weight_scale", scale)
+        self.frozen = True
+
+    @torch.no_grad()
+    def freeze(self) -> "_PackedLinear":
+        """Drop the latent weights, keep the packed words and scales as buffers. Returns self."""
+        if not self.frozen:
+            packed, scale = self.packed_weight_and_scale()
+            self._frozen_buffers(packed, scale)
+        return self
+
+    def get_extra_state(self):
+        return {
+            "version": STATE_VERSION,
+            "format": self.weight_format.value,
+            "bits": self.bits,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+            "act_bits": self.act_bits,
+            "act_quant": self.act_quant,
+            "frozen": self.frozen,
+        }
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"packed-layer state version {got!r}; expected {STATE_VERSION}")
+        mine = self.get_extra_state()
+        for key in ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant"):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"state_dict was saved from a layer with {key}={state.get(key)!r}; this layer has {key}={mine[key]!r}"
+                )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A frozen state_dict loads into a training layer too: it takes the frozen layout first.
+        if prefix + "packed_weight" in state_dict and not self.frozen:
+            device = self.weight.device
+            self._frozen_buffers(
+                torch.empty_like(state_dict[prefix + "packed_weight"], device=device),
+                torch.empty_like(state_dict[prefix + "weight_scale"], device=device),
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        gran = {"tensor": "per tensor", "row": "per row", "group": f"per group of {self.group_size}"}[self.granularity]
+        act = "float" if self.act_bits is None else f"int{self.act_bits} {self.act_quant}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"weight={self.weight_format.value} ({self.bits}-bit, {gran}), act={act}, frozen={self.frozen}"
+        )
+
+
+class BinaryLinear(_PackedLinear):
+    """Linear layer with 1-bit weights ``sign(w) * mean|w|`` (format SIGN1, see bitops.formats).
+
+    Args: in_features, out_features, bias as nn.Linear; ``act_bits`` 8, 4 or None (float
+    activations); ``act_quant`` "dynamic" (per-token symmetric, XTC), "pact" or "lsq" (static,
+    learnable clip, BinaryBERT); ``granularity`` of the weight scale: "row" (default), "tensor" or
+    "group" with ``group_size``.
+    Input (..., in_features) of any float dtype; output (..., out_features) in the input's dtype.
+    """
+
+    weight_format = PackFormat.SIGN1
+
+
+class TernaryLinear(_PackedLinear):
+    """Linear layer with 2-bit ternary (TWN) weights, format TERNARY2; arguments as BinaryLinear."""
+
+    weight_format = PackFormat.TERNARY2

@@ -1,0 +1,132 @@
+"""Pure-torch reference of every ``bitops`` op: the definition that every kernel is tested against.
+
+The functions here are slow on purpose: they decode the packed weights to a dense tensor and use
+the simplest torch arithmetic. They run on any device. Integer parts are computed in float64, where
+sums of int8 x {-2..1} products stay exact (|sum| < 2**53), so "equal to the reference" means
+bit-for-bit equal wherever the arithmetic is integer.
+
+The float epilogue of the int8 GEMM is part of the definition and kernels follow it operation by
+operation, in float32, without fused multiply-add::
+
+    acc[m, n, g] = sum over k in group g of x[m, k] * code[n, k]        (exact, int32)
+    y[m, n]      = float(acc[m,n,0]) * weight_scale[n,0]
+                   + float(acc[m,n,1]) * weight_scale[n,1] + ...        (left to right)
+    y[m, n]      = y[m, n] * x_scale[m]
+    y[m, n]      = y[m, n] + bias[n]                                    (if bias)
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _checks
+from .formats import WORD_BITS, packed_words
+from .quantizers import PerTokenSymmetricSTE, WeightSTE
+
+
+def _field_shifts(bits: int, device) -> torch.Tensor:
+    return torch.arange(0, WORD_BITS, bits, device=device, dtype=torch.int64)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack int8 codes (..., K) along K into int32 words (..., ceil(K*bits/32)); see bitops.formats."""
+    _checks.check_codes(codes, bits)
+    k = codes.shape[-1]
+    cpw = WORD_BITS // bits
+    words = packed_words(k, bits)
+    fields = (codes > 0).to(torch.int64) if bits == 1 else codes.to(torch.int64) & 3
+    fields = torch.nn.functional.pad(fields, (0, words * cpw - k))  # pad fields hold pattern 0
+    fields = fields.reshape(*codes.shape[:-1], words, cpw)
+    packed = (fields << _field_shifts(bits, codes.device)).sum(-1)  # in [0, 2**32)
+    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
+    return packed.to(torch.int32)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+    """Exact inverse of :func:`pack_bits`: int32 words (..., W) -> int8 codes (..., k)."""
+    _checks.check_packed(packed, bits, k)
+    mask = (1 << bits) - 1
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    fields = (words.unsqueeze(-1) >> _field_shifts(bits, packed.device)) & mask
+    fields = fields.reshape(*packed.shape[:-1], -1)[..., :k]
+    values = fields * 2 - 1 if bits == 1 else fields - 4 * (fields >= 2).to(torch.int64)
+    return values.to(torch.int8)
+
+
+def dequantize_weight(packed_weight, weight_scale, bits: int, in_features: int, group_size: int) -> torch.Tensor:
+    """Dense float32 (N, K) weight ``code * weight_scale[n, k // group_size]`` (exact in float32)."""
+    codes = unpack_bits(packed_weight, bits, in_features).to(torch.float32)
+    scale = weight_scale.repeat_interleave(group_size, dim=1)[:, :in_features]
+    return codes * scale
+
+
+def packed_linear_int8(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    packed_weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    bits: int,
+    in_features: int,
+    group_size: int,
+) -> torch.Tensor:
+    """y (M, N) float32 = dequant(x_q) @ dequant(W).T + bias, with the epilogue in the module docstring.
+
+    x: int8 (M, K); x_scale: float32 (M,); packed_weight: int32 (N, W); weight_scale: float32 (N, G)
+    with G = ceil(K / group_size); bias: float (N,) or None.
+    """
+    n = _checks.check_linear_int8(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, group_size)
+    m, k, g = x.shape[0], in_features, weight_scale.shape[1]
+    codes = unpack_bits(packed_weight, bits, k).to(torch.float64)
+    padded_k = g * group_size
+    xg = torch.nn.functional.pad(x.to(torch.float64), (0, padded_k - k)).reshape(m, g, group_size)
+    wg = torch.nn.functional.pad(codes, (0, padded_k - k)).reshape(n, g, group_size)
+    acc = torch.einsum("mgk,ngk->mng", xg, wg).to(torch.float32)  # exact integers, then int->float rounding
+    y = acc[:, :, 0] * weight_scale[:, 0]
+    for j in range(1, g):
+        y = y + acc[:, :, j] * weight_scale[:, j]
+    y = y * x_scale[:, None]
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y
+
+
+def packed_linear_float(x, packed_weight, weight_scale, bias, bits: int, in_features: int, group_size: int):
+    """y (M, N) = x @ dequant(W).T + bias, float32 accumulation, returned in x's dtype."""
+    _checks.check_linear_float(x, packed_weight, weight_scale, bias, bits, in_features, group_size)
+    w = dequantize_weight(packed_weight, weight_scale, bits, in_features, group_size)
+    b = None if bias is None else bias.to(torch.float32)
+    return torch.nn.functional.linear(x.to(torch.float32), w, b).to(x.dtype)
+
+
+def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int, in_features: int, group_size: int):
+    """grad_input (M, K) = grad_output (M, N) @ dequant(W) (N, K), float32 accumulation, in grad_output's dtype."""
+    _checks.check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features, group_size)
+    w = dequantize_weight(packed_weight, weight_scale, bits, in_features, group_size)
+    return (grad_output.to(torch.float32) @ w).to(grad_output.dtype)
+
+
+class FakeQuantLinear(torch.nn.Module):
+    """Pure-torch reference of a packed layer: the same quantizers, dense float arithmetic.
+
+    Holds a plain float weight; the forward fake-quantizes weights (``WeightSTE``) and activations
+    (per-token symmetric STE, or none) and calls ``F.linear``. This is what DeepSpeed's XTC runs;
+    the packed layers must agree with it (within float rounding) and have the same STE gradients.
+    """
+
+    def __init__(self, layer):
+        super().__init__()
+        self.bits, self.granularity, self.group_size = layer.bits, layer.granularity, layer.group_size
+        self.act_bits = layer.act_bits
+        self.weight = torch.nn.Parameter(layer.weight.detach().clone())
+        self.bias = None if layer.bias is None else torch.nn.Parameter(layer.bias.detach().clone())
+
+    def forward(self, x):
+        w = WeightSTE.apply(self.weight, self.bits, self.granularity, self.group_size)
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k).to(torch.float32)
+        if self.act_bits is not None:
+            x2 = PerTokenSymmetricSTE.apply(x2, self.act_bits)[0]
+        y = torch.nn.functional.linear(x2, w.to(torch.float32), None if self.bias is None else self.bias.float())
+        return y.to(x.dtype).reshape(*lead, -1)

@@ -1,0 +1,97 @@
+// Argument checks shared by every device's kernels. They state the rules of bitops/_checks.py with
+// the same wording, so a user sees one message whichever backend runs: the argument, the value it
+// got, what was expected. TORCH_CHECK_VALUE surfaces in Python as ValueError.
+#pragma once
+
+#include <torch/types.h>
+
+#include <optional>
+#include <sstream>
+
+namespace bitops {
+
+inline int64_t words_per_row(int64_t k, int64_t bits) { return (k + (32 / bits) - 1) / (32 / bits); }
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream s;
+  s << "(";
+  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
+  s << (t.dim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+inline void check_bits(int64_t bits) {
+  TORCH_CHECK_VALUE(bits == 1 || bits == 2, "bits=", bits,
+                    " is not supported; expected 1 (sign) or 2 (two's-complement 2-bit codes)");
+}
+
+inline void check_dtype(const char* name, const at::Tensor& t, at::ScalarType want) {
+  TORCH_CHECK_VALUE(t.scalar_type() == want, name, " has dtype ", t.scalar_type(), "; expected ", want);
+}
+
+inline void check_in_features(int64_t k) {
+  TORCH_CHECK_VALUE(k >= 1, "in_features=", k, "; expected a positive int (the unpacked K)");
+}
+
+inline void check_same_device(const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device(), "; expected all tensors on one device");
+}
+
+// Validates a packed (N, W) weight against bits and K; returns N.
+inline int64_t check_packed_weight(const at::Tensor& w, int64_t bits, int64_t k) {
+  check_bits(bits);
+  check_in_features(k);
+  check_dtype("packed_weight", w, at::kInt);
+  TORCH_CHECK_VALUE(w.dim() == 2, "packed_weight has ", w.dim(), " dimensions (shape ", shape_str(w),
+                    "); expected 2: (out_features, words) packed along K");
+  const int64_t want = words_per_row(k, bits);
+  TORCH_CHECK_VALUE(w.size(1) == want, "packed_weight has ", w.size(1), " words per row (shape ", shape_str(w),
+                    "); expected ", want, " for in_features=", k, " at bits=", bits);
+  return w.size(0);
+}
+
+inline void check_finite(const char* name, const at::Tensor& t) {
+  if (t.numel() == 0) return;
+  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name,
+                    " holds non-finite values (nan or inf); expected finite scales");
+}
+
+inline void check_weight_scale(const at::Tensor& s, int64_t n, int64_t k, int64_t group_size) {
+  TORCH_CHECK_VALUE(group_size >= 1, "group_size=", group_size,
+                    "; expected a positive int (in_features for one scale per row)");
+  check_dtype("weight_scale", s, at::kFloat);
+  const int64_t groups = (k + group_size - 1) / group_size;
+  TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == n && s.size(1) == groups, "weight_scale has shape ",
+                    shape_str(s), "; expected (", n, ", ", groups, ") for out_features=", n, ", in_features=", k,
+                    ", group_size=", group_size);
+  check_finite("weight_scale", s);
+}
+
+inline void check_bias(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& ref) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()), "bias has dtype ", bias->scalar_type(),
+                    "; expected a floating dtype");
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias has shape ", shape_str(*bias), "; expected (",
+                    n, ",) for out_features=", n);
+  check_same_device("bias", *bias, "packed_weight", ref);
+}
+
+inline bool is_float_activation(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+inline void check_float_activation(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(is_float_activation(t.scalar_type()), name, " has dtype ", t.scalar_type(),
+                    "; expected torch.float32 or torch.bfloat16 or torch.float16");
+}
+
+inline void check_2d_columns(const char* name, const at::Tensor& t, int64_t cols, const char* what,
+                             const char* col_name) {
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " has ", t.dim(), " dimensions (shape ", shape_str(t), "); expected 2: ",
+                    what);
+  TORCH_CHECK_VALUE(t.size(1) == cols, name, " has ", t.size(1), " columns (shape ", shape_str(t), "); expected ",
+                    col_name, "=", cols);
+}
+
+}  // namespace bitops

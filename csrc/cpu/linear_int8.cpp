@@ -1,0 +1,233 @@
+// packed_linear_int8 on CPU: int8 activations (M, K) times 1- or 2-bit packed weights (N, K).
+//
+// Both paths compute the same exact integers and the same float epilogue (bitops/reference.py):
+//   1 bit:  dot = 2 * sum(x[k] where bit=1) - sum(x)        (bits as u in {0, 1})
+//   2 bits: dot = sum(u[k] * x[k]) - 2 * sum(x),  u = field ^ 2 in {0..3}
+// so the weights only ever appear in the unsigned form u, which is what vpmaddubsw (u8 x s8)
+// multiplies, and sum(x) per row and group is computed once per call.
+//
+// Work split: weight rows are decoded to u bytes one block of kRowsPerBlock rows at a time (a block
+// stays in L1/L2 and is reused by every activation row); blocks are shared out with at::parallel_for,
+// which is OpenMP in torch's CPU builds and follows torch.set_num_threads.
+// The AVX2 path here expands weights to bytes and so sits at the int8 roof at best; the lookup-table
+// kernels that go past it are the CPU-speed issue's work.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#if BITOPS_X86
+#include <immintrin.h>
+#endif
+
+#include "../checks.h"
+#include "decode.h"
+#include "isa.h"
+
+namespace bitops::cpu {
+
+namespace {
+
+constexpr int64_t kRowsPerBlock = 16;  // weight rows decoded together: 16 x 3072 B = 48 KiB at BERT's largest K
+constexpr int64_t kStep = 32;          // codes per AVX2 step (one 256-bit register of bytes)
+// int16 partial sums are widened to int32 every kFlushSteps steps: a vpmaddubsw pair sum is at most
+// 2 * 3 * 128 = 768 in magnitude (2-bit u <= 3), and 32 * 768 = 24576 < 32767.
+constexpr int64_t kFlushSteps = 32;
+
+struct Problem {
+  const int8_t* x;      // (m, kp) zero-padded activations
+  const int32_t* xsum;  // (m, groups) sum of x over each group
+  const float* x_scale;
+  const int32_t* w;  // (n, nw) packed
+  const float* w_scale;  // (n, groups)
+  const float* bias;     // (n,) or nullptr
+  float* y;              // (m, n)
+  int64_t m, n, k, kp, nw, groups, group_size;
+  int bits;
+};
+
+// Group g covers codes [begin, end); the last group runs to kp, over zero-padded activations.
+inline int64_t group_begin(const Problem& p, int64_t g) { return g * p.group_size; }
+inline int64_t group_end(const Problem& p, int64_t g) {
+  return g + 1 == p.groups ? p.kp : std::min(p.kp, (g + 1) * p.group_size);
+}
+
+inline int32_t signed_dot(const Problem& p, int32_t u_dot_x, int32_t xsum) {
+  return p.bits == 1 ? 2 * u_dot_x - xsum : u_dot_x - 2 * xsum;
+}
+
+// The float epilogue, operation by operation as in the reference (compiled with -ffp-contract=off).
+inline float add_group(float y, int64_t g, int32_t acc, float w_scale) {
+  const float t = static_cast<float>(acc) * w_scale;
+  return g == 0 ? t : y + t;
+}
+inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
+  y = y * p.x_scale[i];
+  if (p.bias) y = y + p.bias[j];
+  return y;
+}
+
+void decode_block(const Problem& p, int64_t n0, int64_t rows, uint8_t* u) {
+  const int64_t filled = p.nw * (32 / p.bits);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* dst = u + r * p.kp;
+    expand_words(p.w + (n0 + r) * p.nw, p.nw, p.bits, /*to_values=*/false, dst);
+    std::fill(dst + filled, dst + p.kp, 0);
+  }
+}
+
+void block_portable(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
+  for (int64_t i = 0; i < p.m; ++i) {
+    const int8_t* xr = p.x + i * p.kp;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t j = n0 + r;
+      const uint8_t* ur = u + r * p.kp;
+      float y = 0.f;
+      for (int64_t g = 0; g < p.groups; ++g) {
+        int32_t s = 0;
+        for (int64_t c = group_begin(p, g); c < group_end(p, g); ++c) s += static_cast<int32_t>(ur[c]) * xr[c];
+        y = add_group(y, g, signed_dot(p, s, p.xsum[i * p.groups + g]), p.w_scale[j * p.groups + g]);
+      }
+      p.y[i * p.n + j] = finish(p, y, i, j);
+    }
+  }
+}
+
+#if BITOPS_X86
+BITOPS_TARGET_AVX2 inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// sum(u * x) over [k0, k1) for an MR x NR tile of activation rows x weight rows; k0, k1 multiples of 32.
+template <int MR, int NR>
+BITOPS_TARGET_AVX2 void dot_tile(const int8_t* x, const uint8_t* u, int64_t ld, int64_t k0, int64_t k1,
+                                 int32_t out[MR][NR]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc32[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc32[i][j] = _mm256_setzero_si256();
+  for (int64_t kb = k0; kb < k1; kb += kStep * kFlushSteps) {
+    const int64_t ke = std::min(k1, kb + kStep * kFlushSteps);
+    __m256i acc16[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc16[i][j] = _mm256_setzero_si256();
+    for (int64_t c = kb; c < ke; c += kStep) {
+      __m256i wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * ld + c));
+      for (int i = 0; i < MR; ++i) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * ld + c));
+        for (int j = 0; j < NR; ++j) acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(wv[j], xv));
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc32[i][j] = _mm256_add_epi32(acc32[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i][j] = hsum_epi32(acc32[i][j]);
+}
+
+template <int MR, int NR>
+BITOPS_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t i0, int64_t n0, int64_t r0, const uint8_t* u) {
+  float y[MR][NR] = {};
+  for (int64_t g = 0; g < p.groups; ++g) {
+    int32_t s[MR][NR];
+    dot_tile<MR, NR>(p.x + i0 * p.kp, u + r0 * p.kp, p.kp, group_begin(p, g), group_end(p, g), s);
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) {
+        const int32_t acc = signed_dot(p, s[i][j], p.xsum[(i0 + i) * p.groups + g]);
+        y[i][j] = add_group(y[i][j], g, acc, p.w_scale[(n0 + r0 + j) * p.groups + g]);
+      }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) p.y[(i0 + i) * p.n + n0 + r0 + j] = finish(p, y[i][j], i0 + i, n0 + r0 + j);
+}
+
+template <int MR>
+BITOPS_TARGET_AVX2 void rows_avx2(const Problem& p, int64_t i0, int64_t n0, int64_t rows, const uint8_t* u) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) tile_avx2<MR, 2>(p, i0, n0, r, u);
+  if (r < rows) tile_avx2<MR, 1>(p, i0, n0, r, u);
+}
+
+BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
+  int64_t i = 0;
+  for (; i + 4 <= p.m; i += 4) rows_avx2<4>(p, i, n0, rows, u);
+  for (; i < p.m; ++i) rows_avx2<1>(p, i, n0, rows, u);
+}
+#endif
+
+at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_scale_in, const at::Tensor& w_in,
+                                  const at::Tensor& w_scale_in, const std::optional<at::Tensor>& bias_in,
+                                  int64_t bits, int64_t in_features, int64_t group_size) {
+  const int64_t n = check_packed_weight(w_in, bits, in_features);
+  check_dtype("x", x_in, at::kChar);
+  check_2d_columns("x", x_in, in_features, "(M, in_features) int8 activations", "in_features");
+  check_dtype("x_scale", x_scale_in, at::kFloat);
+  TORCH_CHECK_VALUE(x_scale_in.dim() == 1 && x_scale_in.size(0) == x_in.size(0), "x_scale has shape ",
+                    shape_str(x_scale_in), "; expected (", x_in.size(0), ",), one scale per row of x");
+  check_weight_scale(w_scale_in, n, in_features, group_size);
+  check_bias(bias_in, n, w_in);
+  check_same_device("x", x_in, "packed_weight", w_in);
+  check_same_device("x_scale", x_scale_in, "packed_weight", w_in);
+  check_same_device("weight_scale", w_scale_in, "packed_weight", w_in);
+  check_finite("x_scale", x_scale_in);
+
+  const int64_t m = x_in.size(0), k = in_features, groups = w_scale_in.size(1);
+  at::Tensor y = at::empty({m, n}, x_in.options().dtype(at::kFloat));
+  if (m == 0 || n == 0) return y;
+
+  const int64_t kp = (k + kStep - 1) / kStep * kStep;
+  const at::Tensor x_pad = at::constant_pad_nd(x_in, {0, kp - k}, 0).contiguous();
+  const at::Tensor w = w_in.contiguous(), w_scale = w_scale_in.contiguous(), x_scale = x_scale_in.contiguous();
+  std::optional<at::Tensor> bias;
+  if (bias_in.has_value()) bias = bias_in->to(at::kFloat).contiguous();
+  // Per-group sums of x: one pass over the padded activations, exact in int32.
+  at::Tensor xsum = at::empty({m, groups}, x_in.options().dtype(at::kInt));
+  {
+    const int8_t* xp = x_pad.data_ptr<int8_t>();
+    int32_t* xs = xsum.data_ptr<int32_t>();
+    at::parallel_for(0, m, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t b = g * group_size, e = g + 1 == groups ? kp : std::min(kp, (g + 1) * group_size);
+          int32_t s = 0;
+          for (int64_t c = b; c < e; ++c) s += xp[i * kp + c];
+          xs[i * groups + g] = s;
+        }
+    });
+  }
+
+  Problem p{x_pad.data_ptr<int8_t>(), xsum.data_ptr<int32_t>(), x_scale.data_ptr<float>(), w.data_ptr<int32_t>(),
+            w_scale.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
+            m, n, k, kp, w.size(1), groups, group_size, static_cast<int>(bits)};
+
+  // The AVX2 tiles step over whole 32-code chunks, so groups must start on one (or be a single group).
+  const bool avx2 = use_avx2() && (groups == 1 || group_size % kStep == 0);
+  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint8_t> u(kRowsPerBlock * kp);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, n - n0);
+      decode_block(p, n0, rows, u.data());
+#if BITOPS_X86
+      if (avx2) {
+        block_avx2(p, n0, rows, u.data());
+        continue;
+      }
+#endif
+      block_portable(p, n0, rows, u.data());
+    }
+  });
+  (void)avx2;
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(bitops, CPU, m) { m.impl("packed_linear_int8", &packed_linear_int8_cpu); }
+
+}  // namespace bitops::cpu
