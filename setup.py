@@ -19,7 +19,7 @@ def sources(pattern):
 # No -march=native and no -mavx2: AVX2 code is compiled per function with a target attribute and
 # chosen at run time, so one build runs on any x86-64 CPU and builds on aarch64.
 # -ffp-contract=off: the int8 GEMM's float epilogue must round exactly like the reference (no FMA).
-cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
+cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
 cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
 cuda_sources = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
 build_cuda = (

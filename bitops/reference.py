@@ -49,7 +49,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     mask = (1 << bits) - 1
     words = packed.to(torch.int64) & 0xFFFFFFFF
     fields = (words.unsqueeze(-1) >> _field_shifts(bits, packed.device)) & mask
-    fields = fields.reshape(*packed.shape[:-1], -1)[..., :k]
+    fields = fields.reshape(*packed.shape[:-1], packed.shape[-1] * (WORD_BITS // bits))[..., :k]
     values = fields * 2 - 1 if bits == 1 else fields - 4 * (fields >= 2).to(torch.int64)
     return values.to(torch.int8)
 

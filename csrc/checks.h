@@ -20,13 +20,31 @@ inline std::string shape_str(const at::Tensor& t) {
   return s.str();
 }
 
+// dtype names as Python spells them, so C++ and Python messages read the same.
+inline std::string py_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kBool: return "torch.bool";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
 inline void check_bits(int64_t bits) {
   TORCH_CHECK_VALUE(bits == 1 || bits == 2, "bits=", bits,
                     " is not supported; expected 1 (sign) or 2 (two's-complement 2-bit codes)");
 }
 
 inline void check_dtype(const char* name, const at::Tensor& t, at::ScalarType want) {
-  TORCH_CHECK_VALUE(t.scalar_type() == want, name, " has dtype ", t.scalar_type(), "; expected ", want);
+  TORCH_CHECK_VALUE(t.scalar_type() == want, name, " has dtype ", py_dtype(t.scalar_type()), "; expected ",
+                    py_dtype(want));
 }
 
 inline void check_in_features(int64_t k) {
@@ -70,7 +88,7 @@ inline void check_weight_scale(const at::Tensor& s, int64_t n, int64_t k, int64_
 
 inline void check_bias(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& ref) {
   if (!bias.has_value()) return;
-  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()), "bias has dtype ", bias->scalar_type(),
+  TORCH_CHECK_VALUE(at::isFloatingType(bias->scalar_type()), "bias has dtype ", py_dtype(bias->scalar_type()),
                     "; expected a floating dtype");
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias has shape ", shape_str(*bias), "; expected (",
                     n, ",) for out_features=", n);
@@ -82,7 +100,7 @@ inline bool is_float_activation(at::ScalarType t) {
 }
 
 inline void check_float_activation(const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(is_float_activation(t.scalar_type()), name, " has dtype ", t.scalar_type(),
+  TORCH_CHECK_VALUE(is_float_activation(t.scalar_type()), name, " has dtype ", py_dtype(t.scalar_type()),
                     "; expected torch.float32 or torch.bfloat16 or torch.float16");
 }
 

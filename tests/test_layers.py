@@ -1,0 +1,194 @@
+"""BinaryLinear / TernaryLinear: gradients equal the reference straight-through gradients, a frozen
+layer computes bit for bit what the training layer computed, state_dicts are packed and reload."""
+import io
+
+import pytest
+import torch
+
+import bitops
+from bitops.quantizers import PerTokenSymmetricSTE, WeightSTE
+from bitops.reference import FakeQuantLinear
+
+LAYERS = [bitops.BinaryLinear, bitops.TernaryLinear]
+VARIANTS = [
+    dict(act_bits=8),
+    dict(act_bits=4),
+    dict(act_bits=None),
+    dict(act_bits=8, granularity="tensor"),
+    dict(act_bits=8, granularity="group", group_size=32),
+    dict(act_bits=8, act_quant="pact"),
+    dict(act_bits=4, act_quant="lsq"),
+]
+
+
+def vid(v):
+    return "-".join(f"{k}={x}" for k, x in v.items())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=vid)
+@pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
+def test_gradients_match_reference_ste(cls, variant):
+    lin = torch.nn.Linear(96, 40)
+    layer = cls.from_linear(lin, **variant)
+    x = torch.randn(2, 9, 96, requires_grad=True)
+    y = layer(x)
+    gy = torch.randn_like(y)
+    y.backward(gy)
+
+    # Reference: the same quantizers in dense float arithmetic, differentiated by autograd.
+    w = lin.weight.detach().clone().requires_grad_(True)
+    b = lin.bias.detach().clone().requires_grad_(True)
+    xr = x.detach().clone().requires_grad_(True)
+    x2 = xr.reshape(-1, 96)
+    if variant.get("act_bits") is not None:
+        x2 = layer.quantize_input(x2)[0]
+    w_hat = WeightSTE.apply(w, layer.bits, layer.granularity, layer.group_size)
+    yr = torch.nn.functional.linear(x2, w_hat, b).reshape(2, 9, 40)
+    yr.backward(gy)
+
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.weight.grad, w.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.bias.grad, b.grad)
+    # The STE passes dL/dw_hat to w unchanged: grad_w == grad_y^T x_hat.
+    assert not torch.equal(layer.weight.grad, torch.zeros_like(layer.weight.grad))
+
+
+@pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
+def test_learnable_clip_gets_gradient(cls):
+    for quant, name in (("pact", "act_clip"), ("lsq", "act_step")):
+        layer = cls(16, 4, act_bits=8, act_quant=quant)
+        (layer(torch.randn(5, 16) * 4).square().sum()).backward()
+        grad = getattr(layer, name).grad
+        assert grad is not None and grad.shape == (1,) and grad.abs().item() > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=vid)
+@pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
+def test_frozen_equals_training_bitwise(isa, cls, variant):
+    layer = cls.from_linear(torch.nn.Linear(100, 30), **variant)
+    x = torch.randn(3, 7, 100)
+    with torch.no_grad():
+        train_out = layer(x)
+    layer.freeze()
+    assert layer.frozen and "weight" not in dict(layer.named_parameters())
+    with torch.no_grad():
+        frozen_out = layer(x)
+    if variant.get("act_bits") is None:  # float path: same kernel, same inputs
+        torch.testing.assert_close(frozen_out, train_out, rtol=0, atol=0)
+    else:
+        assert torch.equal(frozen_out, train_out)
+
+
+@pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
+def test_packed_forward_close_to_fake_quant(cls):
+    layer = cls.from_linear(torch.nn.Linear(768, 64), act_bits=8)
+    x = torch.randn(17, 768)
+    ref = FakeQuantLinear(layer)(x)
+    out = layer.freeze()(x)
+    # Same integers; only float rounding of the dense reference GEMM differs.
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls,ratio", [(bitops.BinaryLinear, 25), (bitops.TernaryLinear, 12)],
+                         ids=["binary", "ternary"])
+def test_frozen_state_dict_is_packed_and_small(cls, ratio):
+    lin = torch.nn.Linear(768, 768)
+    layer = cls.from_linear(lin).freeze()
+    sd = layer.state_dict()
+    assert set(sd) == {"bias", "packed_weight", "weight_scale", "_extra_state"}
+    assert sd["packed_weight"].dtype == torch.int32
+    assert sd["_extra_state"]["format"] == layer.weight_format.value
+    weight_bytes = sum(sd[k].numel() * sd[k].element_size() for k in ("packed_weight", "weight_scale"))
+    assert lin.weight.numel() * 4 / weight_bytes >= ratio
+
+
+@pytest.mark.parametrize("cls", LAYERS, ids=lambda c: c.__name__)
+def test_state_dict_round_trip_through_file(cls):
+    layer = cls.from_linear(torch.nn.Linear(50, 20), act_bits=8).freeze()
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    fresh = cls(50, 20, act_bits=8)  # training layer: takes the frozen layout on load
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh.frozen
+    x = torch.randn(4, 50)
+    assert torch.equal(fresh(x), layer(x))
+    frozen_fresh = cls(50, 20, act_bits=8).freeze()
+    frozen_fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(frozen_fresh(x), layer(x))
+
+
+def test_state_dict_mismatch_is_refused():
+    sd = bitops.BinaryLinear(50, 20).freeze().state_dict()
+    with pytest.raises(ValueError, match=r"saved from a layer with format='sign1'; this layer has format='ternary2'"):
+        bitops.TernaryLinear(50, 20).load_state_dict(sd)
+    sd["_extra_state"] = dict(sd["_extra_state"], version=99)
+    with pytest.raises(ValueError, match=r"packed-layer state version 99; expected 1"):
+        bitops.BinaryLinear(50, 20).load_state_dict(sd)
+
+
+def test_frozen_layer_passes_input_gradients():
+    layer = bitops.BinaryLinear(32, 8).freeze()
+    x = torch.randn(4, 32, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert layer.bias.grad is not None
+
+
+def test_bf16_input_and_meta_device():
+    layer = bitops.BinaryLinear(64, 16)
+    y = layer(torch.randn(3, 64, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    moved = layer.freeze().to("meta")
+    assert moved.packed_weight.device.type == "meta"
+
+
+def test_extra_repr_names_bits_and_format():
+    r = repr(bitops.TernaryLinear(8, 4, granularity="group", group_size=4, act_bits=4))
+    assert "weight=ternary2 (2-bit, per group of 4)" in r and "act=int4 dynamic" in r
+
+
+def test_quantize_swaps_linears_in_place():
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(),
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)),
+    )
+    x = torch.randn(5, 8)
+    out = bitops.quantize_(model, bitops.BinaryConfig(act_bits=8), filter_fn=lambda m, fqn: fqn != "2.1")
+    assert out is model
+    assert isinstance(model[0], bitops.BinaryLinear) and isinstance(model[2][0], bitops.BinaryLinear)
+    assert type(model[2][1]) is torch.nn.Linear and isinstance(model[1], torch.nn.ReLU)
+    assert model(x).shape == (5, 4)
+    bitops.quantize_(model, bitops.TernaryConfig(freeze=True))
+    assert isinstance(model[2][1], bitops.TernaryLinear) and model[2][1].frozen
+    assert isinstance(model[0], bitops.BinaryLinear)  # already swapped layers are left alone
+
+
+def test_weight_quantizers():
+    w = torch.tensor([[0.5, -1.0, 0.0, 2.5], [0.1, 0.1, -0.1, -0.1]])
+    codes, scale, gs = bitops.quantizers.quantize_weight(w, 1, "row")
+    assert codes.tolist() == [[1, -1, 1, 1], [1, 1, -1, -1]] and gs == 4
+    torch.testing.assert_close(scale, torch.tensor([[1.0], [0.1]]))
+    codes, scale, _ = bitops.quantizers.quantize_weight(w, 2, "row")
+    # row 0: mean|w| = 1.0, threshold 0.7 -> keep -1.0 and 2.5, scale 1.75; row 1: all kept.
+    assert codes.tolist() == [[0, -1, 0, 1], [1, 1, -1, -1]]
+    torch.testing.assert_close(scale, torch.tensor([[1.75], [0.1]]))
+    codes, scale, _ = bitops.quantizers.quantize_weight(w, 1, "tensor")
+    torch.testing.assert_close(scale, torch.full((2, 1), 4.4 / 8))
+    codes, scale, gs = bitops.quantizers.quantize_weight(w, 1, "group", 3)
+    assert scale.shape == (2, 2) and gs == 3
+    torch.testing.assert_close(scale[0], torch.tensor([0.5, 2.5]))
+    zeros = bitops.quantizers.quantize_weight(torch.zeros(2, 5), 2)
+    assert zeros[0].abs().sum() == 0 and zeros[1].abs().sum() == 0
+
+
+def test_activation_quantizer_zero_rows_and_range():
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5]])
+    q, s = bitops.quantizers.quantize_per_token_symmetric(x, 8)
+    assert s.tolist()[0] == 1.0 and q[0].abs().sum() == 0
+    assert q[1].tolist() == [64, -127, 32]
+    x_hat, q4, s4 = PerTokenSymmetricSTE.apply(x, 4)
+    assert q4.abs().max() <= 8 and torch.isfinite(x_hat).all()
+    asym = bitops.quantizers.PerTokenAsymmetricSTE.apply(torch.tensor([[0.0, 0.3, 1.0]]), 8)
+    torch.testing.assert_close(asym, torch.tensor([[0.0, 0.3, 1.0]]), atol=1 / 255, rtol=0)

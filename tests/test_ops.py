@@ -1,0 +1,143 @@
+"""The torch.ops.bitops kernels against the pure-torch reference: exact on integer paths, within a
+bound derived from a same-precision torch computation on float paths; opcheck for every op."""
+import pytest
+import torch
+
+import bitops
+from bitops import reference as R
+from bitops.quantizers import quantize_weight
+
+ops = torch.ops.bitops
+MS = [0, 1, 3, 117, 128]
+KS = [1, 31, 32, 33, 768, 3072]
+NS = [1, 7, 768]
+
+
+def make_weight(n, k, bits, group_size=None, gen=None):
+    w = torch.randn(n, k, generator=gen)
+    gran = "row" if group_size is None else "group"
+    codes, scale, gs = quantize_weight(w, bits, gran, group_size)
+    if bits == 2:  # exercise all four 2-bit codes, not only the ternary subset
+        codes = torch.where(torch.rand(n, k, generator=gen) < 0.15, torch.full_like(codes, -2), codes)
+    return bitops.pack(codes, bits), scale, gs
+
+
+def make_int8_input(m, k, gen=None, extremes=False):
+    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=gen)
+    if extremes and m and k:
+        x[0] = -128
+        x[-1, ::2] = 127
+    s = torch.rand(m, generator=gen) * 0.05 + 1e-3
+    return x, s
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("n", NS, ids=lambda v: f"N{v}")
+@pytest.mark.parametrize("k", KS, ids=lambda v: f"K{v}")
+@pytest.mark.parametrize("m", MS, ids=lambda v: f"M{v}")
+def test_linear_int8_exact(isa, m, k, n, bits):
+    g = torch.Generator().manual_seed(m * 7919 + k * 31 + n)
+    packed, scale, gs = make_weight(n, k, bits, gen=g)
+    x, xs = make_int8_input(m, k, g, extremes=True)
+    bias = torch.randn(n, generator=g) if (m + k + n) % 2 else None
+    got = ops.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
+    want = R.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
+    assert got.dtype == torch.float32 and got.shape == (m, n)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("k,group_size", [(768, 32), (768, 128), (100, 64), (768, 48), (33, 5), (3072, 3000)])
+def test_linear_int8_group_scales_exact(isa, k, group_size, bits):
+    # 32-aligned groups take the AVX2 path; others (48, 5, 3000) the portable one: both exact.
+    packed, scale, gs = make_weight(37, k, bits, group_size)
+    x, xs = make_int8_input(19, k, extremes=True)
+    bias = torch.randn(37)
+    got = ops.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
+    assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs))
+
+
+def test_linear_int8_noncontiguous_and_sliced(isa):
+    k, n = 100, 40
+    packed, scale, gs = make_weight(2 * n, k, 1)
+    x, xs = make_int8_input(30, 2 * k)
+    xv, pv, sv = x[:, ::2], packed[::2], scale[::2]
+    assert not xv.is_contiguous() and not pv.is_contiguous()
+    got = ops.packed_linear_int8(xv, xs, pv, sv, None, 1, k, gs)
+    want = R.packed_linear_int8(xv.contiguous(), xs, pv.contiguous(), sv.contiguous(), None, 1, k, gs)
+    assert torch.equal(got, want)
+
+
+def float_bound(ref32: torch.Tensor, ref64: torch.Tensor) -> float:
+    """Allowed error: a few times the error of the same computation in torch at the same precision."""
+    return 4 * (ref32.double() - ref64).abs().max().item() + 1e-6 * ref64.abs().max().item() + 1e-30
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m,k,n,group_size", [(0, 33, 7, None), (1, 768, 768, None), (3, 31, 7, None),
+                                              (117, 768, 300, 64), (128, 3072, 40, None), (5, 1, 1, None)])
+def test_linear_float(m, k, n, group_size, bits, dtype):
+    packed, scale, gs = make_weight(n, k, bits, group_size)
+    x = torch.randn(m, k).to(dtype)
+    bias = torch.randn(n)
+    got = ops.packed_linear_float(x, packed, scale, bias, bits, k, gs)
+    ref = R.packed_linear_float(x, packed, scale, bias, bits, k, gs)
+    w64 = R.dequantize_weight(packed, scale, bits, k, gs).double()
+    ref64 = torch.nn.functional.linear(x.double(), w64, bias.double())
+    assert got.dtype == dtype and got.shape == (m, n)
+    if m:
+        assert (got.double() - ref64).abs().max().item() <= float_bound(ref, ref64) + (
+            2 * ref64.abs().max().item() * 2**-8 if dtype == torch.bfloat16 else 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m,k,n,group_size", [(0, 33, 7, None), (1, 768, 768, None), (3, 31, 7, None),
+                                              (117, 768, 300, 64), (128, 40, 3072, None), (5, 1, 1, None)])
+def test_linear_grad_input(m, k, n, group_size, bits, dtype):
+    packed, scale, gs = make_weight(n, k, bits, group_size)
+    g = torch.randn(m, n).to(dtype)
+    got = ops.packed_linear_grad_input(g, packed, scale, bits, k, gs)
+    ref = R.packed_linear_grad_input(g, packed, scale, bits, k, gs)
+    ref64 = g.double() @ R.dequantize_weight(packed, scale, bits, k, gs).double()
+    assert got.dtype == dtype and got.shape == (m, k)
+    if m:
+        assert (got.double() - ref64).abs().max().item() <= float_bound(ref, ref64) + (
+            2 * ref64.abs().max().item() * 2**-8 if dtype == torch.bfloat16 else 0)
+
+
+def opcheck_cases():
+    packed, scale, gs = make_weight(7, 33, 2)
+    packed1, scale1, gs1 = make_weight(5, 70, 1, group_size=32)
+    x, xs = make_int8_input(3, 33)
+    codes = torch.randint(-2, 2, (4, 37), dtype=torch.int8)
+    return [
+        ("pack_bits", (codes, 2)),
+        ("unpack_bits", (bitops.pack(codes, 2), 2, 37)),
+        ("packed_linear_int8", (x, xs, packed, scale, torch.randn(7), 2, 33, gs)),
+        ("packed_linear_int8", (make_int8_input(4, 70)[0], torch.rand(4), packed1, scale1, None, 1, 70, gs1)),
+        ("packed_linear_float", (torch.randn(3, 33), packed, scale, None, 2, 33, gs)),
+        ("packed_linear_float", (torch.randn(3, 33).bfloat16(), packed, scale, torch.randn(7), 2, 33, gs)),
+        ("packed_linear_grad_input", (torch.randn(3, 7), packed, scale, 2, 33, gs)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(opcheck_cases())), ids=[c[0] for c in opcheck_cases()])
+def test_opcheck(case):
+    name, args = opcheck_cases()[case]
+    torch.library.opcheck(getattr(ops, name).default, args)
+
+
+def test_results_independent_of_thread_count():
+    packed, scale, gs = make_weight(300, 768, 1)
+    x, xs = make_int8_input(64, 768)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.packed_linear_int8(x, xs, packed, scale, None, 1, 768, gs)
+        torch.set_num_threads(2)
+        two = ops.packed_linear_int8(x, xs, packed, scale, None, 1, 768, gs)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
