@@ -171,6 +171,12 @@ class _PackedLinear(nn.Module):
         """(x_hat, q, x_scale) for a (M, K) input; q and x_scale are None for float activations."""
         if self.act_bits is None:
             return x2d, None, None
+        needs_x_hat = torch.is_grad_enabled() and (x2d.requires_grad or not self.frozen)
+        if self.act_quant == "dynamic" and not needs_x_hat:
+            # No backward will read x_hat (the fake-quantized input that grad_weight and the STE
+            # use): the kernels need only the codes, so skip building that float copy.
+            q, s = Q.quantize_per_token_symmetric(x2d, self.act_bits)
+            return x2d, q, s
         if self.act_quant == "dynamic":
             return Q.PerTokenSymmetricSTE.apply(x2d, self.act_bits)
         if self.act_quant == "pact":

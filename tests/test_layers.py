@@ -192,3 +192,13 @@ def test_activation_quantizer_zero_rows_and_range():
     assert q4.abs().max() <= 8 and torch.isfinite(x_hat).all()
     asym = bitops.quantizers.PerTokenAsymmetricSTE.apply(torch.tensor([[0.0, 0.3, 1.0]]), 8)
     torch.testing.assert_close(asym, torch.tensor([[0.0, 0.3, 1.0]]), atol=1 / 255, rtol=0)
+
+
+def test_weight_gradient_uses_quantized_input_when_input_needs_no_grad():
+    # The first layer of a model often gets an input without requires_grad; grad_weight must still
+    # be grad_y^T @ x_hat with the fake-quantized input, not the raw one.
+    layer = bitops.BinaryLinear(64, 8, act_bits=4)
+    x = torch.randn(6, 64)
+    layer(x).sum().backward()
+    x_hat = PerTokenSymmetricSTE.apply(x, 4)[0]
+    torch.testing.assert_close(layer.weight.grad, torch.ones(6, 8).t() @ x_hat)
