@@ -34,6 +34,7 @@ constexpr int64_t kStep = 32;          // codes per AVX2 step (one 256-bit regis
 // int16 partial sums are widened to int32 every kFlushSteps steps: a vpmaddubsw pair sum is at most
 // 2 * 3 * 128 = 768 in magnitude (2-bit u <= 3), and 32 * 768 = 24576 < 32767.
 constexpr int64_t kFlushSteps = 32;
+constexpr int64_t kGemvMaxM = 4;  // up to this many activation rows, expand weights in registers (AVX2)
 
 struct Problem {
   const int8_t* x;      // (m, kp) zero-padded activations
@@ -153,6 +154,87 @@ BITOPS_TARGET_AVX2 void rows_avx2(const Problem& p, int64_t i0, int64_t n0, int6
   if (r < rows) tile_avx2<MR, 1>(p, i0, n0, r, u);
 }
 
+// --- Small M (GEMV): weights are expanded in registers, chunk by chunk, and never written out, so a
+// call costs one pass over the packed words instead of a decode of the whole matrix.
+
+// u bytes (0/1) of the 32 one-bit codes of one word.
+BITOPS_TARGET_AVX2 inline __m256i expand_chunk_1bit(int32_t word) {
+  const __m256i byte_of_code = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit_of_code = _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128,  //
+                                               1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(word), byte_of_code);
+  return _mm256_min_epu8(_mm256_and_si256(bytes, bit_of_code), _mm256_set1_epi8(1));
+}
+
+// u bytes (field ^ 2, in 0..3) of the 32 two-bit codes of two consecutive words.
+BITOPS_TARGET_AVX2 inline __m256i expand_chunk_2bit(int64_t two_words) {
+  const __m256i byte_of_code = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,  //
+                                                4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+  // Codes 2 and 3 of a byte sit in its high nibble: shift them down (the bits shifted in from the
+  // next byte land above the field and are masked off below).
+  const __m256i high_nibble = _mm256_setr_epi8(0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1,  //
+                                               0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1, 0, 0, -1, -1);
+  const __m256i field_mask = _mm256_setr_epi8(3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12,  //
+                                              3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12, 3, 12);
+  // Masked field t is f (t < 4) or 4f (t in {4, 8, 12}); the table gives u = f ^ 2 for both.
+  const __m256i to_u = _mm256_setr_epi8(2, 3, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,  //
+                                        2, 3, 0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0);
+  __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi64x(two_words), byte_of_code);
+  b = _mm256_blendv_epi8(b, _mm256_srli_epi16(b, 4), high_nibble);
+  return _mm256_shuffle_epi8(to_u, _mm256_and_si256(b, field_mask));
+}
+
+BITOPS_TARGET_AVX2 inline __m256i expand_chunk(const Problem& p, const int32_t* row, int64_t chunk) {
+  if (p.bits == 1) return expand_chunk_1bit(row[chunk]);
+  const int64_t w0 = 2 * chunk;
+  // An odd word count leaves the last chunk one word short: its missing half meets zero activations.
+  const uint32_t lo = static_cast<uint32_t>(row[w0]);
+  const uint32_t hi = w0 + 1 < p.nw ? static_cast<uint32_t>(row[w0 + 1]) : 0u;
+  return expand_chunk_2bit(static_cast<int64_t>((static_cast<uint64_t>(hi) << 32) | lo));
+}
+
+template <int MR>
+BITOPS_TARGET_AVX2 void gemv_rows(const Problem& p, int64_t n0, int64_t n1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t j = n0; j < n1; ++j) {
+    const int32_t* row = p.w + j * p.nw;
+    float y[MR] = {};
+    for (int64_t g = 0; g < p.groups; ++g) {
+      __m256i acc32[MR];
+      for (int i = 0; i < MR; ++i) acc32[i] = _mm256_setzero_si256();
+      const int64_t c0 = group_begin(p, g) / kStep, c1 = group_end(p, g) / kStep;
+      for (int64_t cb = c0; cb < c1; cb += kFlushSteps) {
+        const int64_t ce = std::min(c1, cb + kFlushSteps);
+        __m256i acc16[MR];
+        for (int i = 0; i < MR; ++i) acc16[i] = _mm256_setzero_si256();
+        for (int64_t c = cb; c < ce; ++c) {
+          const __m256i u = expand_chunk(p, row, c);
+          for (int i = 0; i < MR; ++i) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.x + i * p.kp + c * kStep));
+            acc16[i] = _mm256_add_epi16(acc16[i], _mm256_maddubs_epi16(u, xv));
+          }
+        }
+        for (int i = 0; i < MR; ++i) acc32[i] = _mm256_add_epi32(acc32[i], _mm256_madd_epi16(acc16[i], ones));
+      }
+      for (int i = 0; i < MR; ++i) {
+        const int32_t acc = signed_dot(p, hsum_epi32(acc32[i]), p.xsum[i * p.groups + g]);
+        y[i] = add_group(y[i], g, acc, p.w_scale[j * p.groups + g]);
+      }
+    }
+    for (int i = 0; i < MR; ++i) p.y[i * p.n + j] = finish(p, y[i], i, j);
+  }
+}
+
+BITOPS_TARGET_AVX2 void gemv_avx2(const Problem& p, int64_t n0, int64_t n1) {
+  switch (p.m) {
+    case 1: return gemv_rows<1>(p, n0, n1);
+    case 2: return gemv_rows<2>(p, n0, n1);
+    case 3: return gemv_rows<3>(p, n0, n1);
+    default: return gemv_rows<4>(p, n0, n1);
+  }
+}
+
 BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
   int64_t i = 0;
   for (; i + 4 <= p.m; i += 4) rows_avx2<4>(p, i, n0, rows, u);
@@ -209,9 +291,15 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
   const bool avx2 = use_avx2() && (groups == 1 || group_size % kStep == 0);
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint8_t> u(kRowsPerBlock * kp);
+    std::vector<uint8_t> u(avx2 && m <= kGemvMaxM ? 0 : kRowsPerBlock * kp);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, n - n0);
+#if BITOPS_X86
+      if (avx2 && p.m <= kGemvMaxM) {
+        gemv_avx2(p, n0, n0 + rows);
+        continue;
+      }
+#endif
       decode_block(p, n0, rows, u.data());
 #if BITOPS_X86
       if (avx2) {
