@@ -103,32 +103,72 @@ BITOPS_TARGET_AVX2 inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// The 4x2 inner loop written out with named accumulators: with arrays GCC rotated the accumulators
+// through extra registers and spilled activation vectors to the stack on every step.
+BITOPS_TARGET_AVX2 inline void dot_4x2(const int8_t* const* xr, const uint8_t* const* ur, int64_t kb, int64_t ke,
+                                       __m256i acc[4][2]) {
+  __m256i a00 = acc[0][0], a01 = acc[0][1], a10 = acc[1][0], a11 = acc[1][1];
+  __m256i a20 = acc[2][0], a21 = acc[2][1], a30 = acc[3][0], a31 = acc[3][1];
+  const int8_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
+  const uint8_t *u0 = ur[0], *u1 = ur[1];
+  for (int64_t c = kb; c < ke; c += kStep) {
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u0 + c));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u1 + c));
+    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + c));
+    a00 = _mm256_add_epi16(a00, _mm256_maddubs_epi16(w0, xv));
+    a01 = _mm256_add_epi16(a01, _mm256_maddubs_epi16(w1, xv));
+    xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + c));
+    a10 = _mm256_add_epi16(a10, _mm256_maddubs_epi16(w0, xv));
+    a11 = _mm256_add_epi16(a11, _mm256_maddubs_epi16(w1, xv));
+    xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x2 + c));
+    a20 = _mm256_add_epi16(a20, _mm256_maddubs_epi16(w0, xv));
+    a21 = _mm256_add_epi16(a21, _mm256_maddubs_epi16(w1, xv));
+    xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x3 + c));
+    a30 = _mm256_add_epi16(a30, _mm256_maddubs_epi16(w0, xv));
+    a31 = _mm256_add_epi16(a31, _mm256_maddubs_epi16(w1, xv));
+  }
+  acc[0][0] = a00, acc[0][1] = a01, acc[1][0] = a10, acc[1][1] = a11;
+  acc[2][0] = a20, acc[2][1] = a21, acc[3][0] = a30, acc[3][1] = a31;
+}
+
 // sum(u * x) over [k0, k1) for an MR x NR tile of activation rows x weight rows; k0, k1 multiples of 32.
+// Only the MR*NR int16 accumulators live in registers through the inner loop (8 of 16 ymm for 4x2);
+// the int32 totals sit in memory and are touched once per flush. Keeping those in registers too made
+// the compiler spill the activation vectors inside the loop.
 template <int MR, int NR>
 BITOPS_TARGET_AVX2 void dot_tile(const int8_t* x, const uint8_t* u, int64_t ld, int64_t k0, int64_t k1,
                                  int32_t out[MR][NR]) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc32[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc32[i][j] = _mm256_setzero_si256();
+  alignas(32) int32_t total[MR][NR][8] = {};
+  const int8_t* xr[MR];
+  const uint8_t* ur[NR];
+  for (int i = 0; i < MR; ++i) xr[i] = x + i * ld;
+  for (int j = 0; j < NR; ++j) ur[j] = u + j * ld;
   for (int64_t kb = k0; kb < k1; kb += kStep * kFlushSteps) {
     const int64_t ke = std::min(k1, kb + kStep * kFlushSteps);
     __m256i acc16[MR][NR];
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc16[i][j] = _mm256_setzero_si256();
-    for (int64_t c = kb; c < ke; c += kStep) {
-      __m256i wv[NR];
-      for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j * ld + c));
-      for (int i = 0; i < MR; ++i) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * ld + c));
-        for (int j = 0; j < NR; ++j) acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(wv[j], xv));
+    if constexpr (MR == 4 && NR == 2) {
+      dot_4x2(xr, ur, kb, ke, acc16);
+    } else {
+      for (int64_t c = kb; c < ke; c += kStep) {
+        __m256i wv[NR];
+        for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ur[j] + c));
+        for (int i = 0; i < MR; ++i) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr[i] + c));
+          for (int j = 0; j < NR; ++j) acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(wv[j], xv));
+        }
       }
     }
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc32[i][j] = _mm256_add_epi32(acc32[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+      for (int j = 0; j < NR; ++j) {
+        __m256i* t = reinterpret_cast<__m256i*>(total[i][j]);
+        _mm256_store_si256(t, _mm256_add_epi32(_mm256_load_si256(t), _mm256_madd_epi16(acc16[i][j], ones)));
+      }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) out[i][j] = hsum_epi32(acc32[i][j]);
+    for (int j = 0; j < NR; ++j) out[i][j] = hsum_epi32(_mm256_load_si256(reinterpret_cast<__m256i*>(total[i][j])));
 }
 
 template <int MR, int NR>
