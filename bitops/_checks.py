@@ -128,6 +128,13 @@ def check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features
     return n
 
 
+def check_quantize_rows(x: torch.Tensor, bits: int) -> None:
+    if isinstance(bits, bool) or bits not in (4, 8):
+        _fail(f"bits={bits!r} is not supported for activations; expected 8 or 4")
+    check_dtype("x", x, *FLOAT_ACTIVATION_DTYPES)
+    check_dim("x", x, 2, "(M, K) float activations")
+
+
 def check_codes(codes: torch.Tensor, bits: int, data: bool = True) -> None:
     check_bits(bits)
     check_dtype("codes", codes, torch.int8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (registers the bitops schemas and the CPU kernels)
-from . import _checks
+from . import _checks, reference
 from .formats import packed_words
 
 ops = torch.ops.bitops
@@ -38,6 +38,17 @@ def _packed_linear_int8_fake(x, x_scale, packed_weight, weight_scale, bias, bits
 def _packed_linear_float_fake(x, packed_weight, weight_scale, bias, bits, in_features, group_size):
     n = _checks.check_linear_float(x, packed_weight, weight_scale, bias, bits, in_features, group_size, data=False)
     return x.new_empty((x.shape[0], n))
+
+
+@torch.library.register_fake("bitops::quantize_rows_int8")
+def _quantize_rows_int8_fake(x, bits):
+    _checks.check_quantize_rows(x, bits)
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32)
+
+
+# Devices without a kernel of their own (CUDA until a GPU kernel exists) run the reference: it is
+# a few elementwise torch ops, fast enough on a GPU. CPU has its C++ kernel, which takes precedence.
+torch.library.impl("bitops::quantize_rows_int8", "CompositeExplicitAutograd")(reference.quantize_rows_int8)
 
 
 @torch.library.register_fake("bitops::packed_linear_grad_input")

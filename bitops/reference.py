@@ -54,6 +54,25 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     return values.to(torch.int8)
 
 
+def quantize_rows_int8(x: torch.Tensor, bits: int):
+    """Dynamic symmetric per-row quantization of float x (M, K): ``(q int8 (M, K), scale float32 (M,))``.
+
+    ``scale = max|x_row| / (2**(bits-1) - 1)`` (1 for an all-zero row, so nothing divides by zero),
+    ``q = clamp(round_half_even(x / scale), -2**(bits-1), 2**(bits-1) - 1)``; all in float32.
+    """
+    _checks.check_quantize_rows(x, bits)
+    hi = 2 ** (bits - 1) - 1
+    xf = x.to(torch.float32)
+    bad = ~torch.isfinite(xf).all(dim=-1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"x holds non-finite values (nan or inf) in row {row}; expected finite activations")
+    amax = xf.abs().amax(dim=-1) if xf.shape[-1] else xf.new_zeros(xf.shape[:-1])
+    scale = torch.where(amax > 0, amax / torch.tensor(float(hi)), torch.ones_like(amax))
+    q = torch.clamp(torch.round(xf / scale.unsqueeze(-1)), -hi - 1, hi).to(torch.int8)
+    return q, scale
+
+
 def dequantize_weight(packed_weight, weight_scale, bits: int, in_features: int, group_size: int) -> torch.Tensor:
     """Dense float32 (N, K) weight ``code * weight_scale[n, k // group_size]`` (exact in float32)."""
     codes = unpack_bits(packed_weight, bits, in_features).to(torch.float32)

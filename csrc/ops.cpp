@@ -20,6 +20,9 @@ TORCH_LIBRARY(bitops, m) {
   m.def(
       "packed_linear_float(Tensor x, Tensor packed_weight, Tensor weight_scale, Tensor? bias, int bits, "
       "int in_features, int group_size) -> Tensor");
+  // Dynamic symmetric per-row int8 quantization of float activations (M, K): (codes int8 (M, K),
+  // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row.
+  m.def("quantize_rows_int8(Tensor x, int bits) -> (Tensor, Tensor)");
   // grad_input (M, K) = grad_output (M, N) times dequantized W (N, K): the backward of the two above.
   m.def(
       "packed_linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, int bits, "

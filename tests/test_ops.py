@@ -120,6 +120,8 @@ def opcheck_cases():
         ("packed_linear_float", (torch.randn(3, 33), packed, scale, None, 2, 33, gs)),
         ("packed_linear_float", (torch.randn(3, 33).bfloat16(), packed, scale, torch.randn(7), 2, 33, gs)),
         ("packed_linear_grad_input", (torch.randn(3, 7), packed, scale, 2, 33, gs)),
+        ("quantize_rows_int8", (torch.randn(5, 33), 8)),
+        ("quantize_rows_int8", (torch.randn(2, 9).bfloat16(), 4)),
     ]
 
 
@@ -141,3 +143,32 @@ def test_results_independent_of_thread_count():
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("m,k", [(0, 5), (1, 1), (3, 31), (117, 768), (64, 3072)])
+def test_quantize_rows_int8_exact(m, k, bits, dtype):
+    x = (torch.randn(m, k) * torch.rand(m, 1) * 10).to(dtype)
+    if m > 2:
+        x[1] = 0  # all-zero row: scale 1, codes 0
+        x[2, 0] = 0.5 * x[2].abs().max()  # exact half steps exercise round-half-even
+    q, s = ops.quantize_rows_int8(x, bits)
+    rq, rs = R.quantize_rows_int8(x, bits)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32
+    assert torch.equal(q, rq) and torch.equal(s, rs)
+    if m > 2:
+        assert s[1] == 1 and q[1].abs().sum() == 0
+    hi = 2 ** (bits - 1) - 1
+    assert q.numel() == 0 or int(q.abs().max()) <= hi + 1
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_quantize_rows_int8_rejects_non_finite(impl):
+    fn = ops.quantize_rows_int8 if impl == "kernel" else R.quantize_rows_int8
+    x = torch.randn(4, 8)
+    x[2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 2"):
+        fn(x, 8)
+    with pytest.raises(ValueError, match=r"bits=3 is not supported for activations; expected 8 or 4"):
+        fn(torch.randn(4, 8), 3)
