@@ -22,6 +22,8 @@ does not import Triton: the kernels are compiled on the first call of an op on a
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 from typing import Dict
 
@@ -83,6 +85,37 @@ def register() -> Dict[str, str]:
 def backends() -> Dict[str, str]:
     """op name -> "triton" or "cuda": which kernel a CUDA tensor runs (empty before :func:`register`)."""
     return dict(_chosen)
+
+
+@contextlib.contextmanager
+def interpreter(enabled: bool = True):
+    """Within the block, :mod:`bitops.triton.kernels` is built interpreted (``enabled``: kernels run on
+    CPU tensors) or compiled; the previous mode and ``TRITON_INTERPRET`` are restored afterwards.
+
+    ``@triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is defined, so switching means setting
+    the variable and re-executing the kernels module. Tests use this to run the kernels on CPU
+    without changing the environment seen by anything else."""
+    from . import kernels
+
+    def build(flag: bool):
+        old = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1" if flag else "0"
+        try:
+            if kernels.INTERPRETED != flag:
+                importlib.reload(kernels)
+        finally:
+            if old is None:
+                del os.environ["TRITON_INTERPRET"]
+            else:
+                os.environ["TRITON_INTERPRET"] = old
+        assert kernels.INTERPRETED == flag
+
+    before = kernels.INTERPRETED
+    build(enabled)
+    try:
+        yield kernels
+    finally:
+        build(before)
 
 
 register()

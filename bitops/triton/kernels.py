@@ -6,6 +6,9 @@ its reduction loop; no dense or unpacked copy of a weight is ever written to mem
 
 Whether these are compiled (GPU) or interpreted (CPU tensors) is fixed when this module is imported:
 ``@triton.jit`` reads ``TRITON_INTERPRET`` at decoration time. :data:`INTERPRETED` says which.
+The kernels call only Triton builtins (``tl.full``, not the ``@jit`` helpers ``tl.zeros``/``tl.cdiv``/
+``tl.sum`` of triton.language.standard), so re-importing this module under the interpreter works even
+when Triton itself was first imported compiled (see bitops.triton.interpreter).
 
 Kernel arguments common to the GEMM kernels (all tensors contiguous, row-major):
 
@@ -34,26 +37,22 @@ def _decode(words, shift, BITS: tl.constexpr):
 
 
 @triton.jit
-def _bit_or(a, b):
-    return a | b
-
-
-@triton.jit
 def pack_kernel(codes_ptr, out_ptr, R, K, W, BITS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
     """codes int8 (R, K) -> packed int32 (R, W). Fields past K are read as 0 (pattern 0, per the format)."""
     CPW: tl.constexpr = 32 // BITS
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * (BLOCK_W * CPW) + tl.arange(0, BLOCK_W * CPW)
-    rmask = rows[:, None] < R
-    c = tl.load(codes_ptr + rows[:, None].to(tl.int64) * K + cols[None, :], mask=rmask & (cols[None, :] < K), other=0)
-    c = c.to(tl.int32)
-    if BITS == 1:
-        f = (c > 0).to(tl.int32)
-    else:
-        f = c & 3
-    f = f << ((cols % CPW) * BITS)[None, :]
-    words = tl.reduce(tl.reshape(f, (BLOCK_R, BLOCK_W, CPW)), 2, _bit_or)
     wcols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    rmask = rows[:, None] < R
+    src = codes_ptr + rows[:, None].to(tl.int64) * K
+    words = tl.full((BLOCK_R, BLOCK_W), 0, dtype=tl.int32)
+    for j in tl.static_range(CPW):  # field j of every word: code wcols * CPW + j
+        cols = wcols * CPW + j
+        c = tl.load(src + cols[None, :], mask=rmask & (cols[None, :] < K), other=0).to(tl.int32)
+        if BITS == 1:
+            f = (c > 0).to(tl.int32)
+        else:
+            f = c & 3
+        words = words | (f << (j * BITS))
     tl.store(out_ptr + rows[:, None].to(tl.int64) * W + wcols[None, :], words, mask=rmask & (wcols[None, :] < W))
 
 
@@ -73,8 +72,8 @@ def unpack_kernel(packed_ptr, out_ptr, R, K, W, BITS: tl.constexpr, BLOCK_R: tl.
 def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     # Grouped ordering: GROUP_M row blocks share each weight column block while it is in L2.
     pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
+    num_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_n = (N + BLOCK_N - 1) // BLOCK_N
     width = GROUP_M * num_n
     first_m = (pid // width) * GROUP_M
     size_m = tl.minimum(num_m - first_m, GROUP_M)
@@ -112,14 +111,14 @@ def linear_fwd_kernel(
     w_cols = w_ptr + offs_n[None, :].to(tl.int64) * W
     k_lo = pid_s * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
-    y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(k_lo // GROUP_SIZE, tl.cdiv(k_hi, GROUP_SIZE)):
+    y = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.float32)
+    for g in range(k_lo // GROUP_SIZE, (k_hi + GROUP_SIZE - 1) // GROUP_SIZE):
         g_lo = tl.maximum(g * GROUP_SIZE, k_lo)
         g_hi = tl.minimum(g * GROUP_SIZE + GROUP_SIZE, k_hi)
         if IS_INT8:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.int32)
         else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.float32)
         for k0 in range(g_lo, g_hi, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             mk = offs_k < g_hi
@@ -161,7 +160,7 @@ def int8_epilogue_kernel(
     rn = offs_n < N
     mask = rm[:, None] & rn[None, :]
     base = (offs_m[:, None].to(tl.int64) * N + offs_n[None, :]) * G
-    y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    y = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.float32)
     for g in range(0, G):
         a = tl.load(acc_ptr + base + g, mask=mask, other=0)
         s = tl.load(ws_ptr + offs_n.to(tl.int64) * G + g, mask=rn, other=0.0)
@@ -198,7 +197,7 @@ def grad_input_kernel(
     group = (offs_k // GROUP_SIZE)[None, :]
     n_lo = pid_s * N_PER_SPLIT
     n_hi = tl.minimum(N, n_lo + N_PER_SPLIT)
-    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_K), 0, dtype=tl.float32)
     for n0 in range(n_lo, n_hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < n_hi
