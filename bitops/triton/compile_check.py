@@ -54,7 +54,7 @@ def _variants():
                **ints, "N_PER_SPLIT": "i32", "M_BUCKET": "i32"}
         blocks = dict(SMALL if small else LARGE)
         blocks["BLOCK_N"], blocks["BLOCK_K"] = blocks["BLOCK_K"], blocks["BLOCK_N"]
-        consts = dict(BITS=bits, SPLIT=4 if small else 1, DOT_DTYPE=DOT[act][0], DOT_PRECISION=DOT[act][1], **blocks)
+        consts = dict(BITS=bits, SPLIT=4 if small else 1, PER_ROW=bits == 1, DOT_DTYPE=DOT[act][0], DOT_PRECISION=DOT[act][1], **blocks)
         yield f"grad_input_{act}_w{bits}_{path}", K.grad_input_kernel, sig, consts, {}, True
 
 

@@ -108,10 +108,11 @@ def linear_fwd_kernel(
     rm = offs_m < M
     rn = offs_n < N
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * K
-    w_cols = w_ptr + offs_n[None, :].to(tl.int64) * W
+    w_rows = w_ptr + offs_n[:, None].to(tl.int64) * W
     k_lo = pid_s * K_PER_SPLIT
     k_hi = tl.minimum(K, k_lo + K_PER_SPLIT)
     y = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.float32)
+    shifts = tl.arange(0, CPW) * BITS
     for g in range(k_lo // GROUP_SIZE, (k_hi + GROUP_SIZE - 1) // GROUP_SIZE):
         g_lo = tl.maximum(g * GROUP_SIZE, k_lo)
         g_hi = tl.minimum(g * GROUP_SIZE + GROUP_SIZE, k_hi)
@@ -119,13 +120,17 @@ def linear_fwd_kernel(
             acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.int32)
         else:
             acc = tl.full((BLOCK_M, BLOCK_N), 0, dtype=tl.float32)
-        for k0 in range(g_lo, g_hi, BLOCK_K):
+        # Tiles start on a word boundary; codes of the tile outside [g_lo, g_hi) meet x = 0.
+        for k0 in range((g_lo // CPW) * CPW, g_hi, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            mk = offs_k < g_hi
-            # Activations past the group (and past K) load as 0: they cancel the 1-bit pad's -1.
+            mk = (offs_k >= g_lo) & (offs_k < g_hi)
+            # Activations outside the group (and past K) load as 0: they also cancel the 1-bit pad's -1.
             x = tl.load(x_rows + offs_k[None, :], mask=rm[:, None] & mk[None, :], other=0)
-            words = tl.load(w_cols + (offs_k // CPW)[:, None], mask=rn[None, :] & mk[:, None], other=0)
-            codes = _decode(words, ((offs_k % CPW) * BITS)[:, None], BITS)  # (BLOCK_K, BLOCK_N)
+            # One load per word (BLOCK_N, BLOCK_K / CPW), unpacked in registers to (BLOCK_K, BLOCK_N) codes.
+            offs_w = k0 // CPW + tl.arange(0, BLOCK_K // CPW)
+            words = tl.load(w_rows + offs_w[None, :], mask=rn[:, None] & (offs_w[None, :] < W), other=0)
+            codes = _decode(words[:, :, None], shifts[None, None, :], BITS)
+            codes = tl.trans(tl.reshape(codes, (BLOCK_N, BLOCK_K)))
             if IS_INT8:
                 acc = tl.dot(x, codes.to(tl.int8), acc, out_dtype=tl.int32)
             else:
@@ -175,7 +180,8 @@ def int8_epilogue_kernel(
 def grad_input_kernel(
     g_ptr, w_ptr, ws_ptr, out_ptr, part_ptr,
     M, N, K, W, G, GROUP_SIZE, N_PER_SPLIT, M_BUCKET,
-    BITS: tl.constexpr, SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BITS: tl.constexpr, SPLIT: tl.constexpr, PER_ROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """grad_input (M, K) = grad_output (M, N) times the dequantized packed weight (N, K).
@@ -183,7 +189,7 @@ def grad_input_kernel(
     The reduction runs over N; each (BLOCK_N, BLOCK_K) weight tile is decoded from the same packed
     (N, W) words as the forward and scaled by ws[n, k // GROUP_SIZE] in registers, then multiplied in
     DOT_DTYPE with f32 accumulation. BLOCK_N here is the reduction block, BLOCK_K the output block.
-    SPLIT > 1: part_ptr f32 (SPLIT, M, K) receives partial sums over slices of N.
+    SPLIT > 1: part_ptr f32 (SPLIT, M, K) receives partial sums over slices of N. PER_ROW: G == 1.
     """
     CPW: tl.constexpr = 32 // BITS
     pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_K, GROUP_M)
@@ -192,8 +198,9 @@ def grad_input_kernel(
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rm = offs_m < M
     rk = offs_k < K
-    word = (offs_k // CPW)[None, :]
-    shift = ((offs_k % CPW) * BITS)[None, :]
+    # The output tile starts on a word boundary (BLOCK_K is a multiple of CPW): one load per word.
+    offs_w = pid_k * (BLOCK_K // CPW) + tl.arange(0, BLOCK_K // CPW)
+    shifts = tl.arange(0, CPW) * BITS
     group = (offs_k // GROUP_SIZE)[None, :]
     n_lo = pid_s * N_PER_SPLIT
     n_hi = tl.minimum(N, n_lo + N_PER_SPLIT)
@@ -202,11 +209,14 @@ def grad_input_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < n_hi
         go = tl.load(g_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], mask=rm[:, None] & mn[None, :], other=0)
-        wmask = mn[:, None] & rk[None, :]
         rows = offs_n[:, None].to(tl.int64)
-        words = tl.load(w_ptr + rows * W + word, mask=wmask, other=0)
-        s = tl.load(ws_ptr + rows * G + group, mask=wmask, other=0.0)  # 0 on masked rows: w = 0 there
-        w = _decode(words, shift, BITS).to(tl.float32) * s
+        words = tl.load(w_ptr + rows * W + offs_w[None, :], mask=mn[:, None] & (offs_w[None, :] < W), other=0)
+        codes = tl.reshape(_decode(words[:, :, None], shifts[None, None, :], BITS), (BLOCK_N, BLOCK_K))
+        if PER_ROW:  # one scale per row: (BLOCK_N, 1), 0 on masked rows so w = 0 there
+            s = tl.load(ws_ptr + rows * G, mask=mn[:, None], other=0.0)
+        else:
+            s = tl.load(ws_ptr + rows * G + group, mask=mn[:, None] & rk[None, :], other=0.0)
+        w = codes.to(tl.float32) * s
         acc = tl.dot(go.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     out_mask = rm[:, None] & rk[None, :]
     out_off = offs_m[:, None].to(tl.int64) * K + offs_k[None, :]

@@ -10,7 +10,7 @@ allocates the output and picks a kernel path from the shapes:
 * M > 16: a tiled GEMM path, one program per output tile, grouped tile order for L2 reuse.
 
 On a GPU both paths are ``triton.autotune``-d over a small config set pruned by shape and keyed by
-(M bucket, N, K, group size, bits, split); the tuning cache only picks launch parameters and never
+(M bucket, N, K, group size, bits, int8/float, split); the tuning cache only picks launch parameters and never
 changes results. Under ``TRITON_INTERPRET=1`` (CPU tensors) the kernels run with fixed small-shape
 configs instead (the autotuner times with CUDA events).
 """
@@ -84,12 +84,12 @@ def _tuned(kind: str, small: bool):
     """The autotuned launcher of a GEMM kernel (GPU only; built on first use)."""
     if kind == "fwd":
         return triton.autotune(
-            configs=_fwd_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE"],
+            configs=_fwd_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "IS_INT8", "SPLIT"],
             prune_configs_by={"early_config_prune": _prune("N", "K", "BLOCK_N", "BLOCK_K")},
             reset_to_zero=["part_ptr"],  # the int8 split path accumulates into it with atomics
         )(K.linear_fwd_kernel)
     return triton.autotune(
-        configs=_grad_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE"],
+        configs=_grad_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "SPLIT"],
         prune_configs_by={"early_config_prune": _prune("K", "N", "BLOCK_K", "BLOCK_N")},
     )(K.grad_input_kernel)
 
@@ -269,7 +269,7 @@ def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int
     part = out if split == 1 else torch.empty((split, m, k), dtype=torch.float32, device=go.device)
     dot_dtype, dot_prec = _dot_args(go.dtype)
     args = (go, pw, ws, out, part, m, n, k, pw.shape[1], ws.shape[1], group_size, per, _next_pow2(m))
-    consts = dict(BITS=bits, SPLIT=split, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_prec)
+    consts = dict(BITS=bits, SPLIT=split, PER_ROW=ws.shape[1] == 1, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_prec)
     with _device_ctx(go):
         if K.INTERPRETED:
             bm, bo, br = _INTERP_SMALL if small else _INTERP_LARGE  # (rows, output block, reduction block)
