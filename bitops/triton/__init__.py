@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import warnings
 from typing import Dict
 
 import torch
@@ -74,7 +75,9 @@ def register() -> Dict[str, str]:
     lib = torch.library.Library("bitops", "IMPL")
     for op in OP_NAMES:
         if choice == "triton" or not has_cuda_kernel(op):
-            lib.impl(op, _lazy(op), "CUDA")
+            with warnings.catch_warnings():  # replacing a C++ CUDA kernel is what "triton" asks for
+                warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
+                lib.impl(op, _lazy(op), "CUDA")
             _chosen[op] = "triton"
         else:
             _chosen[op] = "cuda"
