@@ -49,11 +49,27 @@ def _check_close(out, same, truth, name):
 SHAPES = [(m, k, n) for m in (1, 3, 16, 17, 64, 130, 512) for k in (32, 33, 768) for n in (1, 7, 256, 3072)]
 
 
+@pytest.fixture
+def no_autotune(T, monkeypatch):
+    """One config per path: the shape grid would otherwise spend minutes timing configs."""
+    monkeypatch.setattr(T, "AUTOTUNE", False)
+
+
 @pytest.mark.parametrize("group_size", [None, 128, 100])
 @pytest.mark.parametrize("bits", [1, 2])
-def test_ops_on_gpu(T, bits, group_size):
+def test_ops_on_gpu(T, no_autotune, bits, group_size):
+    _check_shapes(T, bits, group_size, SHAPES)
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_autotuned_paths(T, bits):
+    """The autotuned launchers (split-K GEMV and tiled GEMM) at BERT-base shapes."""
+    _check_shapes(T, bits, None, [(m, k, n) for m in (1, 16, 17, 512) for k, n in ((768, 3072), (3072, 768))])
+
+
+def _check_shapes(T, bits, group_size, shapes):
     gen = torch.Generator().manual_seed(bits)
-    for m, k, n in SHAPES:
+    for m, k, n in shapes:
         gs = k if group_size is None else group_size
         packed, scale = _weights(n, k, bits, gs, gen)
         codes = R.unpack_bits(packed, bits, k)

@@ -64,3 +64,25 @@ def test_cpu_tensors_without_interpreter_are_refused():
     with pytest.raises(ValueError, match="x is on cpu; expected a CUDA tensor for the Triton kernels"):
         ops.packed_linear_float(torch.zeros(2, 32), torch.zeros(3, 1, dtype=torch.int32), torch.ones(3, 1), None, 1, 32, 32)
     assert bitops.ops.pack_bits(torch.ones(1, 3, dtype=torch.int8), 1).device.type == "cpu"  # CPU op untouched
+
+
+def test_split_and_prune_heuristics():
+    """Host-side dispatch logic (the GPU picks among these): split-K slices cover K exactly once and
+    are whole multiples of every BLOCK_K; pruning keeps at least one config and no oversized blocks."""
+    from bitops.triton import ops
+
+    for tiles, red, sms in [(1, 768, 132), (12, 3072, 132), (48, 768, 132), (200, 4096, 132), (1, 33, 132), (3, 100000, 8)]:
+        split, per = ops._split(tiles, red, sms)
+        assert per % ops.SPLIT_ALIGN == 0 and split >= 1
+        assert (split - 1) * per < red <= split * per, (tiles, red, sms, split, per)
+        if tiles >= sms:
+            assert split == 1
+    assert ops._split(12, 3072, 132)[0] > 1  # BERT-base M=1, N=768: too few output tiles without split-K
+    for small in (True, False):
+        prune = ops._prune("N", "K", "BLOCK_N", "BLOCK_K")
+        configs = ops._fwd_configs(small)
+        for m, n, k in [(1, 1, 32), (16, 7, 33), (17, 3072, 768), (4096, 1024, 4096)]:
+            kept = prune(configs, {"M_BUCKET": ops._next_pow2(m), "N": n, "K": k})
+            assert kept and all(c.kwargs["BLOCK_N"] <= max(32, ops._next_pow2(n)) or len(kept) == 1 for c in kept)
+        grad = ops._grad_configs(small)
+        assert [c.kwargs["BLOCK_N"] for c in grad] == [c.kwargs["BLOCK_K"] for c in configs]

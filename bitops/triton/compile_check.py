@@ -45,7 +45,7 @@ def _variants():
                "y_ptr": "*fp32" if act in ("int8", "fp32") else PTR[act], "part_ptr": "*i32" if act == "int8" else "*fp32",
                **ints, "K_PER_SPLIT": "i32", "M_BUCKET": "i32"}
         dot = (tl.int8, "tf32") if act == "int8" else DOT[act]
-        consts = dict(BITS=bits, IS_INT8=act == "int8", HAS_BIAS=True, SPLIT=4 if small else 1,
+        consts = dict(BITS=bits, IS_INT8=act == "int8", HAS_BIAS=True, SPLIT_K=small,
                       DOT_DTYPE=dot[0], DOT_PRECISION=dot[1], **(SMALL if small else LARGE))
         yield f"linear_fwd_{act}_w{bits}_{path}", K.linear_fwd_kernel, sig, consts, dict(enable_fp_fusion=False), True
     for act, bits, path in [("fp16", 2, "gemm"), ("bf16", 1, "splitk"), ("fp32", 2, "gemm")]:
@@ -54,7 +54,7 @@ def _variants():
                **ints, "N_PER_SPLIT": "i32", "M_BUCKET": "i32"}
         blocks = dict(SMALL if small else LARGE)
         blocks["BLOCK_N"], blocks["BLOCK_K"] = blocks["BLOCK_K"], blocks["BLOCK_N"]
-        consts = dict(BITS=bits, SPLIT=4 if small else 1, PER_ROW=bits == 1, DOT_DTYPE=DOT[act][0], DOT_PRECISION=DOT[act][1], **blocks)
+        consts = dict(BITS=bits, SPLIT_K=small, PER_ROW=bits == 1, DOT_DTYPE=DOT[act][0], DOT_PRECISION=DOT[act][1], **blocks)
         yield f"grad_input_{act}_w{bits}_{path}", K.grad_input_kernel, sig, consts, {}, True
 
 

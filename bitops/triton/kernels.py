@@ -15,8 +15,8 @@ Kernel arguments common to the GEMM kernels (all tensors contiguous, row-major):
 * ``w_ptr``: packed weight int32 (N, W), W = ceil(K * BITS / 32); ``ws_ptr``: weight scale f32 (N, G),
   G = ceil(K / GROUP_SIZE).
 * Split-K: program axis 1 indexes a slice of the reduction of length ``K_PER_SPLIT`` (``N_PER_SPLIT``
-  for grad_input). With ``SPLIT == 1`` the epilogue runs in the kernel; otherwise the kernel writes
-  partial results to ``part_ptr`` (see each kernel) and the wrapper finishes.
+  for grad_input). Without ``SPLIT_K`` (one slice) the epilogue runs in the kernel; with it the kernel
+  writes partial results to ``part_ptr`` (see each kernel) and the wrapper finishes.
 * ``M_BUCKET`` is unused by the code: it is an autotuning key (the next power of two of M).
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 def linear_fwd_kernel(
     x_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, part_ptr,
     M, N, K, W, G, GROUP_SIZE, K_PER_SPLIT, M_BUCKET,
-    BITS: tl.constexpr, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    BITS: tl.constexpr, IS_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
     DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -94,11 +94,11 @@ def linear_fwd_kernel(
 
     IS_INT8: x int8, xs_ptr f32 (M,) row scales, int32 accumulation per group then the reference
     epilogue ``y = y + float(acc_g) * ws[n, g]`` (g ascending), ``y * xs[m]``, ``+ bias`` (launch with
-    ``enable_fp_fusion=False`` so no step becomes an FMA). SPLIT > 1: the int32 group sums are
+    ``enable_fp_fusion=False`` so no step becomes an FMA). SPLIT_K: the int32 group sums are
     atomically added into part_ptr int32 (M, N, G) (integer adds: exact in any order), the epilogue
     is :func:`int8_epilogue_kernel`.
     Float: x f16/bf16/f32 is multiplied in DOT_DTYPE with f32 accumulation; each group's sum is scaled
-    by ws[n, g]. SPLIT > 1: part_ptr f32 (SPLIT, M, N) receives the partial sums (no bias).
+    by ws[n, g]. SPLIT_K: part_ptr f32 (SPLIT, M, N) receives the partial sums (no bias).
     """
     CPW: tl.constexpr = 32 // BITS
     pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -135,7 +135,7 @@ def linear_fwd_kernel(
                 acc = tl.dot(x, codes.to(tl.int8), acc, out_dtype=tl.int32)
             else:
                 acc = tl.dot(x.to(DOT_DTYPE), codes.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
-        if IS_INT8 and SPLIT > 1:
+        if IS_INT8 and SPLIT_K:
             dst = part_ptr + (offs_m[:, None].to(tl.int64) * N + offs_n[None, :]) * G + g
             tl.atomic_add(dst, acc, mask=rm[:, None] & rn[None, :])
         else:
@@ -143,7 +143,7 @@ def linear_fwd_kernel(
             y = y + acc.to(tl.float32) * s[None, :]
     out_mask = rm[:, None] & rn[None, :]
     out_off = offs_m[:, None].to(tl.int64) * N + offs_n[None, :]
-    if SPLIT == 1:
+    if not SPLIT_K:
         if IS_INT8:
             y = y * tl.load(xs_ptr + offs_m, mask=rm, other=0.0)[:, None]
         if HAS_BIAS:
@@ -180,7 +180,7 @@ def int8_epilogue_kernel(
 def grad_input_kernel(
     g_ptr, w_ptr, ws_ptr, out_ptr, part_ptr,
     M, N, K, W, G, GROUP_SIZE, N_PER_SPLIT, M_BUCKET,
-    BITS: tl.constexpr, SPLIT: tl.constexpr, PER_ROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    BITS: tl.constexpr, SPLIT_K: tl.constexpr, PER_ROW: tl.constexpr, DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -189,7 +189,7 @@ def grad_input_kernel(
     The reduction runs over N; each (BLOCK_N, BLOCK_K) weight tile is decoded from the same packed
     (N, W) words as the forward and scaled by ws[n, k // GROUP_SIZE] in registers, then multiplied in
     DOT_DTYPE with f32 accumulation. BLOCK_N here is the reduction block, BLOCK_K the output block.
-    SPLIT > 1: part_ptr f32 (SPLIT, M, K) receives partial sums over slices of N. PER_ROW: G == 1.
+    SPLIT_K: part_ptr f32 (SPLIT, M, K) receives partial sums over slices of N. PER_ROW: G == 1.
     """
     CPW: tl.constexpr = 32 // BITS
     pid_m, pid_k = _tile_ids(M, K, BLOCK_M, BLOCK_K, GROUP_M)
@@ -220,7 +220,7 @@ def grad_input_kernel(
         acc = tl.dot(go.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     out_mask = rm[:, None] & rk[None, :]
     out_off = offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
-    if SPLIT == 1:
+    if not SPLIT_K:
         tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         tl.store(part_ptr + pid_s.to(tl.int64) * M * K + out_off, acc, mask=out_mask)

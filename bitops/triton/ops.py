@@ -11,12 +11,14 @@ allocates the output and picks a kernel path from the shapes:
 
 On a GPU both paths are ``triton.autotune``-d over a small config set pruned by shape and keyed by
 (M bucket, N, K, group size, bits, int8/float, split); the tuning cache only picks launch parameters and never
-changes results. Under ``TRITON_INTERPRET=1`` (CPU tensors) the kernels run with fixed small-shape
+changes results. ``BITOPS_TRITON_AUTOTUNE=0`` (read at import) skips the tuning and launches one default
+config per path: for tests and for short jobs that would spend longer tuning than running. Under ``TRITON_INTERPRET=1`` (CPU tensors) the kernels run with fixed small-shape
 configs instead (the autotuner times with CUDA events).
 """
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -41,6 +43,8 @@ _LARGE_CONFIGS = [
 _INTERP_SMALL = (16, 64, 128)
 _INTERP_LARGE = (64, 64, 128)
 _INTERP_SMS = 4  # pretend SM count: makes the interpreter exercise split-K on small shapes
+_DEFAULT_SMALL, _DEFAULT_LARGE = 1, 1  # index of the config used without autotuning
+AUTOTUNE = os.environ.get("BITOPS_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _next_pow2(v: int) -> int:
@@ -80,16 +84,18 @@ def _prune(out_dim: str, red_dim: str, out_block: str, red_block: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kind: str, small: bool):
-    """The autotuned launcher of a GEMM kernel (GPU only; built on first use)."""
+def _tuned(kind: str, small: bool, autotune: bool = True):
+    """The autotuned launcher of a GEMM kernel (GPU only; built on first use). ``autotune=False``: one
+    config, so nothing is timed."""
+    pick = (lambda cs: cs) if autotune else (lambda cs: [cs[_DEFAULT_SMALL if small else _DEFAULT_LARGE]])
     if kind == "fwd":
         return triton.autotune(
-            configs=_fwd_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "IS_INT8", "SPLIT"],
+            configs=pick(_fwd_configs(small)), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "IS_INT8", "K_PER_SPLIT"],
             prune_configs_by={"early_config_prune": _prune("N", "K", "BLOCK_N", "BLOCK_K")},
             reset_to_zero=["part_ptr"],  # the int8 split path accumulates into it with atomics
         )(K.linear_fwd_kernel)
     return triton.autotune(
-        configs=_grad_configs(small), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "SPLIT"],
+        configs=pick(_grad_configs(small)), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "N_PER_SPLIT"],
         prune_configs_by={"early_config_prune": _prune("K", "N", "BLOCK_K", "BLOCK_N")},
     )(K.grad_input_kernel)
 
@@ -207,7 +213,7 @@ def _forward(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, g
     else:
         part = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     args = (x, xs, pw, ws, b, y, part, m, n, k, pw.shape[1], g, group_size, per, _next_pow2(m))
-    consts = dict(BITS=bits, IS_INT8=is_int8, HAS_BIAS=bias is not None, SPLIT=split,
+    consts = dict(BITS=bits, IS_INT8=is_int8, HAS_BIAS=bias is not None, SPLIT_K=split > 1,
                   DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_prec)
     with _device_ctx(x):
         if K.INTERPRETED:
@@ -217,7 +223,7 @@ def _forward(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, g
         else:
             grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
             # No FMA contraction: the int8 epilogue must round like the reference, step by step.
-            _tuned("fwd", small)[grid](*args, **consts, enable_fp_fusion=False)
+            _tuned("fwd", small, AUTOTUNE)[grid](*args, **consts, enable_fp_fusion=False)
         if split > 1 and is_int8:
             bm, bn = 16, 64
             K.int8_epilogue_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
@@ -269,7 +275,7 @@ def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int
     part = out if split == 1 else torch.empty((split, m, k), dtype=torch.float32, device=go.device)
     dot_dtype, dot_prec = _dot_args(go.dtype)
     args = (go, pw, ws, out, part, m, n, k, pw.shape[1], ws.shape[1], group_size, per, _next_pow2(m))
-    consts = dict(BITS=bits, SPLIT=split, PER_ROW=ws.shape[1] == 1, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_prec)
+    consts = dict(BITS=bits, SPLIT_K=split > 1, PER_ROW=ws.shape[1] == 1, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_prec)
     with _device_ctx(go):
         if K.INTERPRETED:
             bm, bo, br = _INTERP_SMALL if small else _INTERP_LARGE  # (rows, output block, reduction block)
@@ -277,7 +283,7 @@ def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int
             K.grad_input_kernel[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=br, BLOCK_K=bo, GROUP_M=8)
         else:
             grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_K"]), split)  # noqa: E731
-            _tuned("grad", small)[grid](*args, **consts)
+            _tuned("grad", small, AUTOTUNE)[grid](*args, **consts)
     if split > 1:
         out.copy_(part.sum(0))
     return out
