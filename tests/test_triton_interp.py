@@ -156,6 +156,9 @@ def test_empty_and_errors(T):
     packed, scale = _weights(4, 40, 2, 40, torch.Generator().manual_seed(0))
     y = T.packed_linear_float(torch.empty(0, 40), packed, scale, None, 2, 40, 40)
     assert y.shape == (0, 4)
+    assert T.packed_linear_grad_input(torch.empty(0, 4), packed, scale, 2, 40, 40).shape == (0, 40)
+    assert T.pack_bits(torch.empty(0, 40, dtype=torch.int8), 1).shape == (0, 2)
+    assert T.unpack_bits(torch.empty(3, 0, 2, dtype=torch.int32), 2, 20).shape == (3, 0, 20)
     # Same checks and messages as the reference (bitops._checks).
     with pytest.raises(ValueError, match="x has 39 columns"):
         T.packed_linear_float(torch.zeros(2, 39), packed, scale, None, 2, 40, 40)
