@@ -86,3 +86,16 @@ def test_split_and_prune_heuristics():
             assert kept and all(c.kwargs["BLOCK_N"] <= max(32, ops._next_pow2(n)) or len(kept) == 1 for c in kept)
         grad = ops._grad_configs(small)
         assert [c.kwargs["BLOCK_N"] for c in grad] == [c.kwargs["BLOCK_K"] for c in configs]
+
+
+def test_interpreter_switch_restores_mode_and_env(monkeypatch):
+    from bitops.triton import interpreter, kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    before = kernels.INTERPRETED
+    with interpreter(True) as K:
+        assert K.INTERPRETED and os.environ["TRITON_INTERPRET"] == "0"
+        with interpreter(False):
+            assert not kernels.INTERPRETED
+        assert kernels.INTERPRETED
+    assert kernels.INTERPRETED == before and os.environ["TRITON_INTERPRET"] == "0"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import warnings
 from typing import Dict
 
@@ -106,6 +107,9 @@ def interpreter(enabled: bool = True):
         try:
             if kernels.INTERPRETED != flag:
                 importlib.reload(kernels)
+                ops = sys.modules.get(__name__ + ".ops")
+                if ops is not None:
+                    ops._tuned.cache_clear()  # its launchers wrap the kernels of the previous mode
         finally:
             if old is None:
                 del os.environ["TRITON_INTERPRET"]
