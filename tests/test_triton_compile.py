@@ -61,6 +61,17 @@ def test_gemm_paths_use_tensor_cores(compiled, arch):
         assert any(v["wgmma"] for v in gemm.values())
 
 
+# Largest dynamic shared memory per block: A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_default_configs_fit_shared_memory(compiled, arch):
+    """The configs launched without autotuning (and the autotuner's fallback) fit on the GPU."""
+    for name, v in compiled[arch].items():
+        assert v["shared"] <= SHARED_LIMIT[arch], f"sm_{arch} {name}: {v['shared']} bytes of shared memory"
+
+
 @pytest.mark.parametrize("arch", [80, 90])
 def test_int8_epilogue_has_no_fma(compiled, arch):
     for name, v in compiled[arch].items():

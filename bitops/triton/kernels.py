@@ -186,9 +186,10 @@ def grad_input_kernel(
 ):
     """grad_input (M, K) = grad_output (M, N) times the dequantized packed weight (N, K).
 
-    The reduction runs over N; each (BLOCK_N, BLOCK_K) weight tile is decoded from the same packed
-    (N, W) words as the forward and scaled by ws[n, k // GROUP_SIZE] in registers, then multiplied in
-    DOT_DTYPE with f32 accumulation. BLOCK_N here is the reduction block, BLOCK_K the output block.
+    The reduction runs over N; each (BLOCK_N, BLOCK_K) code tile is decoded in registers from the same
+    packed (N, W) words as the forward; per weight-scale group g in the tile, grad_output * ws[:, g]
+    (f32, then DOT_DTYPE) times the codes of group g is accumulated in f32. BLOCK_N here is the
+    reduction block, BLOCK_K the output block.
     SPLIT_K: part_ptr f32 (SPLIT, M, K) receives partial sums over slices of N. PER_ROW: G == 1.
     """
     CPW: tl.constexpr = 32 // BITS
@@ -202,6 +203,8 @@ def grad_input_kernel(
     offs_w = pid_k * (BLOCK_K // CPW) + tl.arange(0, BLOCK_K // CPW)
     shifts = tl.arange(0, CPW) * BITS
     group = (offs_k // GROUP_SIZE)[None, :]
+    g_first = (pid_k * BLOCK_K) // GROUP_SIZE
+    g_last = (tl.minimum(K, pid_k * BLOCK_K + BLOCK_K) - 1) // GROUP_SIZE
     n_lo = pid_s * N_PER_SPLIT
     n_hi = tl.minimum(N, n_lo + N_PER_SPLIT)
     acc = tl.full((BLOCK_M, BLOCK_K), 0, dtype=tl.float32)
@@ -209,15 +212,20 @@ def grad_input_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mn = offs_n < n_hi
         go = tl.load(g_ptr + offs_m[:, None].to(tl.int64) * N + offs_n[None, :], mask=rm[:, None] & mn[None, :], other=0)
-        rows = offs_n[:, None].to(tl.int64)
-        words = tl.load(w_ptr + rows * W + offs_w[None, :], mask=mn[:, None] & (offs_w[None, :] < W), other=0)
+        go = go.to(tl.float32)
+        words = tl.load(w_ptr + offs_n[:, None].to(tl.int64) * W + offs_w[None, :],
+                        mask=mn[:, None] & (offs_w[None, :] < W), other=0)
         codes = tl.reshape(_decode(words[:, :, None], shifts[None, None, :], BITS), (BLOCK_N, BLOCK_K))
-        if PER_ROW:  # one scale per row: (BLOCK_N, 1), 0 on masked rows so w = 0 there
-            s = tl.load(ws_ptr + rows * G, mask=mn[:, None], other=0.0)
-        else:
-            s = tl.load(ws_ptr + rows * G + group, mask=mn[:, None] & rk[None, :], other=0.0)
-        w = codes.to(tl.float32) * s
-        acc = tl.dot(go.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
+        # The scale ws[n, g] goes on grad_output's columns, one product per weight-scale group in the
+        # tile (one when G == 1 or the tile lies in one group): only (BLOCK_N,) scales are loaded.
+        for g in range(g_first, g_last + 1):
+            s = tl.load(ws_ptr + offs_n.to(tl.int64) * G + g, mask=mn, other=0.0)
+            a = (go * s[None, :]).to(DOT_DTYPE)
+            if PER_ROW:
+                c = codes
+            else:
+                c = tl.where(group == g, codes, 0)
+            acc = tl.dot(a, c.to(DOT_DTYPE), acc, input_precision=DOT_PRECISION)
     out_mask = rm[:, None] & rk[None, :]
     out_off = offs_m[:, None].to(tl.int64) * K + offs_k[None, :]
     if not SPLIT_K:

@@ -39,11 +39,15 @@ _LARGE_CONFIGS = [
     (64, 64, 128, 4, 4), (64, 128, 128, 4, 3), (128, 64, 128, 4, 3),
     (128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3),
 ]
+# 4-byte activations (fp32 through 3xTF32) stage about twice the shared memory: smaller tiles, 2 stages.
+_SMALL_CONFIGS_WIDE = [(32, 128, 4, 2), (64, 64, 4, 2), (64, 128, 4, 2), (128, 64, 4, 2)]
+_LARGE_CONFIGS_WIDE = [(64, 64, 64, 4, 2), (64, 128, 64, 4, 2), (128, 64, 64, 8, 2), (128, 128, 32, 8, 2)]
+# Without autotuning, config 0 of each set runs: tests/test_triton_compile.py checks that it fits the
+# shared memory of an A100 and an H100 for every activation dtype.
 # Fixed configs in the interpreter: (BLOCK_M, BLOCK_N, BLOCK_K) per path.
 _INTERP_SMALL = (16, 64, 128)
 _INTERP_LARGE = (64, 64, 128)
 _INTERP_SMS = 4  # pretend SM count: makes the interpreter exercise split-K on small shapes
-_DEFAULT_SMALL, _DEFAULT_LARGE = 1, 1  # index of the config used without autotuning
 AUTOTUNE = os.environ.get("BITOPS_TRITON_AUTOTUNE", "1") != "0"
 
 
@@ -51,22 +55,28 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, int(v) - 1).bit_length()
 
 
-def _fwd_configs(small: bool):
+def _fwd_configs(small: bool, wide: bool = False):
+    """Forward configs; ``wide``: 4-byte (fp32) activations."""
     if small:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 1}, num_warps=w, num_stages=s)
-                for bn, bk, w, s in _SMALL_CONFIGS]
+                for bn, bk, w, s in (_SMALL_CONFIGS_WIDE if wide else _SMALL_CONFIGS)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in _LARGE_CONFIGS]
+            for bm, bn, bk, w, s in (_LARGE_CONFIGS_WIDE if wide else _LARGE_CONFIGS)]
 
 
-def _grad_configs(small: bool):
+def _grad_configs(small: bool, wide: bool = False):
     # grad_input reduces over N and writes (M, K): its BLOCK_N is the reduction block, BLOCK_K the output one.
     out = []
-    for c in _fwd_configs(small):
+    for c in _fwd_configs(small, wide):
         kw = dict(c.kwargs)
         kw["BLOCK_N"], kw["BLOCK_K"] = kw["BLOCK_K"], kw["BLOCK_N"]
         out.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages))
     return out
+
+
+def default_config(kind: str, small: bool, wide: bool):
+    """The config launched without autotuning (kind "fwd" or "grad")."""
+    return (_fwd_configs if kind == "fwd" else _grad_configs)(small, wide)[0]
 
 
 def _prune(out_dim: str, red_dim: str, out_block: str, red_block: str):
@@ -84,18 +94,19 @@ def _prune(out_dim: str, red_dim: str, out_block: str, red_block: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kind: str, small: bool, autotune: bool = True):
+def _tuned(kind: str, small: bool, autotune: bool = True, wide: bool = False):
     """The autotuned launcher of a GEMM kernel (GPU only; built on first use). ``autotune=False``: one
-    config, so nothing is timed."""
-    pick = (lambda cs: cs) if autotune else (lambda cs: [cs[_DEFAULT_SMALL if small else _DEFAULT_LARGE]])
+    config (:func:`default_config`), so nothing is timed."""
+    configs = (_fwd_configs if kind == "fwd" else _grad_configs)(small, wide)
+    configs = configs if autotune else configs[:1]
     if kind == "fwd":
         return triton.autotune(
-            configs=pick(_fwd_configs(small)), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "IS_INT8", "K_PER_SPLIT"],
+            configs=configs, key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "IS_INT8", "K_PER_SPLIT"],
             prune_configs_by={"early_config_prune": _prune("N", "K", "BLOCK_N", "BLOCK_K")},
             reset_to_zero=["part_ptr"],  # the int8 split path accumulates into it with atomics
         )(K.linear_fwd_kernel)
     return triton.autotune(
-        configs=pick(_grad_configs(small)), key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "N_PER_SPLIT"],
+        configs=configs, key=["M_BUCKET", "N", "K", "GROUP_SIZE", "BITS", "N_PER_SPLIT"],
         prune_configs_by={"early_config_prune": _prune("K", "N", "BLOCK_K", "BLOCK_N")},
     )(K.grad_input_kernel)
 
@@ -223,7 +234,7 @@ def _forward(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, g
         else:
             grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), split)  # noqa: E731
             # No FMA contraction: the int8 epilogue must round like the reference, step by step.
-            _tuned("fwd", small, AUTOTUNE)[grid](*args, **consts, enable_fp_fusion=False)
+            _tuned("fwd", small, AUTOTUNE, x.dtype == torch.float32)[grid](*args, **consts, enable_fp_fusion=False)
         if split > 1 and is_int8:
             bm, bn = 16, 64
             K.int8_epilogue_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
@@ -283,7 +294,7 @@ def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int
             K.grad_input_kernel[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=br, BLOCK_K=bo, GROUP_M=8)
         else:
             grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_K"]), split)  # noqa: E731
-            _tuned("grad", small, AUTOTUNE)[grid](*args, **consts)
+            _tuned("grad", small, AUTOTUNE, go.dtype == torch.float32)[grid](*args, **consts)
     if split > 1:
         out.copy_(part.sum(0))
     return out
