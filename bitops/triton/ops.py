@@ -10,13 +10,15 @@ allocates the output and picks a kernel path from the shapes:
 * M > 16: a tiled GEMM path, one program per output tile, grouped tile order for L2 reuse.
 
 On a GPU both paths are ``triton.autotune``-d over a small config set pruned by shape and keyed by
-(M bucket, N, K, group size, bits, int8/float, split); the tuning cache only picks launch parameters and never
-changes results. ``BITOPS_TRITON_AUTOTUNE=0`` (read at import) skips the tuning and launches one default
-config per path: for tests and for short jobs that would spend longer tuning than running. Under ``TRITON_INTERPRET=1`` (CPU tensors) the kernels run with fixed small-shape
+(M bucket, N, K, group size, bits, int8/float, split, dtypes); the tuning cache only picks launch
+parameters and never changes results. ``BITOPS_TRITON_AUTOTUNE=0`` (read at import) skips the tuning
+and launches one default config per path: for tests and for short jobs that would spend longer tuning
+than running. Under ``TRITON_INTERPRET=1`` (CPU tensors) the kernels run with fixed small-shape
 configs instead (the autotuner times with CUDA events).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Optional
@@ -123,15 +125,7 @@ def _check_runnable(name: str, t: torch.Tensor) -> None:
 
 
 def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else _nullctx()
-
-
-class _nullctx:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _sm_count(t: torch.Tensor) -> int:
