@@ -15,6 +15,7 @@ from ._ops import ops
 from .api import BinaryConfig, TernaryConfig, quantize_
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
+from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA kernels from Triton: see bitops.triton)
 
 __all__ = [
     "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryConfig", "TernaryConfig",
