@@ -70,10 +70,10 @@ def kd_loss(
     att = zero
     hid = zero
     if w.attention:
-        att = sum(attention_mse(s_scores[i], t_scores[t], attention_mask) for i, t in enumerate(layer_map))
+        att = sum((attention_mse(s_scores[i], t_scores[t], attention_mask) for i, t in enumerate(layer_map)), zero)
     if w.hidden:
         teacher_idx = [0] + [t + 1 for t in layer_map]
-        hid = sum(hidden_mse(s_hidden[i], t_hidden[t], attention_mask) for i, t in enumerate(teacher_idx))
+        hid = sum((hidden_mse(s_hidden[i], t_hidden[t], attention_mask) for i, t in enumerate(teacher_idx)), zero)
     loss = w.logits * logit_term + w.attention * att + w.hidden * hid
     return {"loss": loss, "logits": logit_term.detach(), "attention": att.detach(), "hidden": hid.detach()}
 
