@@ -178,6 +178,8 @@ def load_any(path: str):
     from .models import load_classifier
     from .pipelines import read_task_info
 
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder; expected an export folder or a model folder from `bitbert teacher`/`distill`")
     if os.path.isfile(os.path.join(path, CONFIG_FILE)):
         model, tok, meta = load_exported(path)
         return model, tok, meta["task"]

@@ -252,7 +252,7 @@ def train(
             losses.append(loss)
             window.append(loss)
             bar.update(1)
-            bar.set_postfix({k: f"{float(v):.4f}" for k, v in out.items()}, refresh=False)
+            bar.set_postfix({k: f"{float(v.detach()):.4f}" for k, v in out.items()}, refresh=False)
             if step % eval_every == 0 or step == total:
                 run_eval(sum(window) / len(window))
                 window = []
@@ -261,7 +261,7 @@ def train(
             if on_step is not None:
                 on_step(step)
     bar.close()
-    final_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    final_state = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
     if world > 1:
         # every process loads the best weights rank 0 wrote
         dist.barrier()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 
+import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -41,3 +42,13 @@ def write_lines(path: str, lines, mode: str = "w") -> str:
     with open(path, mode) as f:
         f.write("\n".join(lines) + "\n")
     return os.fspath(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """kd tests run torch on one thread: the machine is shared, and oversubscribed OpenMP threads
+    make small models 10x slower; the resume test also needs a fixed thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,7 @@ from bitops import quantizers as Q
 from kd import models
 from kd.models import QuantSpec
 
-from kd_helpers import tiny_config
+from kd_helpers import one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 
 def tiny_model(layers=4, dropout=0.0):
