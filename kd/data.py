@@ -119,8 +119,9 @@ def read_mr_archive(sdist_path: str) -> List[Example]:
         with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
             raw = inner.extractfile(MR_MEMBER).read()
     except (tarfile.TarError, KeyError, AttributeError, OSError, EOFError) as e:
+        why = " ".join(str(e).split())
         raise DataError(
-            f"{sdist_path}: cannot read {MR_INNER_ARCHIVE} -> {MR_MEMBER} ({e}); expected the {MR_SDIST} sdist. "
+            f"{sdist_path}: cannot read {MR_INNER_ARCHIVE} -> {MR_MEMBER} ({why}); expected the {MR_SDIST} sdist. "
             "Delete the file to fetch it again."
         ) from None
     # The file is UTF-8 with a few bad bytes (data.md): replace them rather than fail.
@@ -360,7 +361,14 @@ def load_glue(task: str, data_files: Optional[Dict[str, str]] = None, cache_dir:
         ext = os.path.splitext(next(iter(data_files.values())))[1].lower().lstrip(".")
         builder = {"tsv": "csv", "jsonl": "json"}.get(ext, ext)
         kwargs = {"delimiter": "\t"} if ext == "tsv" else {}
-        dsd = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+        try:
+            dsd = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+        except Exception as e:  # datasets raises its own error types for unreadable or inconsistent files
+            cause = e.__cause__ or e
+            raise DataError(
+                f"{', '.join(data_files.values())}: `datasets` cannot read them as {builder} "
+                f"({type(cause).__name__}: {' '.join(str(cause).split())[:300]}); expected GLUE {task!r} files with one schema"
+            ) from None
         return glue_from_dataset_dict(task, dsd, ", ".join(data_files.values()))
     dsd = datasets.load_dataset("nyu-mll/glue", task, cache_dir=cache_dir)
     return glue_from_dataset_dict(task, dsd, f"nyu-mll/glue/{task}")
