@@ -103,7 +103,7 @@ def test_glue_loader_on_local_files(tmp_path):
     with pytest.raises(D.DataError, match=r"row 0, column 'label': 7; expected a class in \[0, 2\)"):
         D.load_glue("mrpc", data_files={"train": out_of_range, "validation": dev}, cache_dir=str(tmp_path / "hf"))
     other = write_lines(tmp_path / "other.csv", ["x,y", "1,2"])
-    with pytest.raises(D.DataError, match=r"other.csv: `datasets` cannot read them as csv .*expected GLUE 'mrpc' files"):
+    with pytest.raises(D.DataError, match=r"other.csv, .*validation.csv: `datasets` cannot read them as csv .*expected GLUE 'mrpc' files"):
         D.load_glue("mrpc", data_files={"train": other, "validation": dev}, cache_dir=str(tmp_path / "hf"))
     with pytest.raises(ValueError, match="glue task 'nope'"):
         D.load_glue("nope")
