@@ -96,12 +96,10 @@ def capture_attention_scores():
         _capture.scores = previous
 
 
-def forward_with_internals(model, batch, need_internals: bool = True):
+def forward_with_internals(model, batch):
     """(logits (B, C), hidden states tuple of (B, T, D) incl. the embedding output, attention
-    scores list of (B, H, T, T)); the last two empty when ``need_internals`` is false."""
+    scores list of (B, H, T, T))."""
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    if not need_internals:
-        return model(**inputs).logits, (), []
     with capture_attention_scores() as scores:
         out = model(**inputs, output_hidden_states=True)
     return out.logits, out.hidden_states, list(scores)

@@ -106,16 +106,22 @@ def _to(batch: Dict[str, torch.Tensor], device) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, enc: Encoded, batch_size: int = 64, device=None) -> torch.Tensor:
-    """(N, C) float32 logits of ``model`` (eval mode) over ``enc``, in order."""
+    """(N, C) float32 logits of ``model`` (eval mode) over ``enc``, in ``enc``'s order.
+
+    Batches are formed in order of length so that little padding is computed."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    order = sorted(range(len(enc)), key=lambda i: len(enc.input_ids[i]))
     out = []
     for start in range(0, len(enc), batch_size):
-        b = _to(enc.batch(range(start, min(start + batch_size, len(enc)))), device)
+        b = _to(enc.batch(order[start:start + batch_size]), device)
         out.append(model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"]).logits.float().cpu())
     model.train(was_training)
-    return torch.cat(out)
+    logits = torch.cat(out)
+    result = torch.empty_like(logits)
+    result[torch.tensor(order)] = logits
+    return result
 
 
 def evaluate(model: nn.Module, enc: Encoded, task_type: str, batch_size: int = 64) -> Dict[str, float]:

@@ -1,5 +1,6 @@
 """End to end on a tiny random-init 2-layer BERT and 64 MR sentences: teacher fine-tuning, XTC
 (layer reduction, FP32 KD, 1-bit KD), export, reload; resume; the CLI."""
+import io
 import json
 import os
 
@@ -148,7 +149,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
         run(str(tmp_path / "none"), resume=True)
 
 
-def test_cli_end_to_end(tmp_path, capsys):
+def test_cli_end_to_end(tmp_path, capsys, monkeypatch):
     base = save_tiny_base(str(tmp_path / "base"), layers=2)
     data = mr_subset(64, 32)
     train_f, dev_f = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
@@ -170,6 +171,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli.main(["predict", "--model", str(tmp_path / "e"), "--input", str(tmp_path / "in.txt")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("neg", "pos") for line in lines)
+    assert cli.main(["eval", "--model", str(tmp_path / "t"), "--train-file", str(train_f), "--dev-file", str(dev_f),
+                     "--text-column", "sentence", "--label-column", "y"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
+    assert cli.main(["predict", "--model", str(tmp_path / "e")]) == 0
+    assert capsys.readouterr().out.strip().endswith("\tfrom stdin")
     assert cli.main(["eval", "--model", str(tmp_path / "missing")]) == 2
     assert "missing: no such folder" in capsys.readouterr().err
 
