@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     if a.dev_size:
         data.dev = data.dev[: a.dev_size]
     print(f"MR: {len(data.train)} train / {len(data.dev)} dev sentences, max length {a.max_length}, {a.threads} thread(s)")
-    common = dict(batch_size=a.batch_size, seed=a.seed, device="cpu", eval_batch_size=64)
+    # One dev evaluation per stage, at its end: evaluations are a large share of a short run.
+    common = dict(batch_size=a.batch_size, seed=a.seed, device="cpu", eval_batch_size=64, eval_every=10**9)
     teacher_dir = os.path.join(a.out, "teacher")
     if not (a.reuse_teacher and os.path.exists(os.path.join(teacher_dir, "config.json"))):
         finetune_teacher(data, teacher_base_path(), teacher_dir,
