@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--teacher-layers", type=_int_list, default=None, help="explicit layer map, e.g. 1,3,5")
     for fam in ("attention", "ffn1", "ffn2"):
         d.add_argument(f"--{fam}-bits", type=int, choices=(1, 2), default=1, help=f"{fam} weights: 1 (binary) or 2 (ternary)")
+    d.add_argument("--pooler-bits", choices=("1", "2", "float"), default="1",
+                   help="pooler weights (float in XTC, 1-bit in BinaryBERT; 1 keeps a 3-layer export >20x smaller)")
     d.add_argument("--embedding-bits", choices=("1", "float"), default="1", help="word embeddings: 1-bit rows or float")
     d.add_argument("--act-bits", type=int, choices=(8, 4), default=8)
     d.add_argument("--granularity", choices=("row", "tensor"), default="row", help="weight scale per output row (default: closest to FP32, free at run time) or per matrix (XTC's choice)")
@@ -159,6 +161,7 @@ def cmd_distill(a) -> None:
     from .pipelines import XTCConfig, xtc
 
     spec = QuantSpec(attention=a.attention_bits, ffn1=a.ffn1_bits, ffn2=a.ffn2_bits,
+                     pooler=None if a.pooler_bits == "float" else int(a.pooler_bits),
                      embedding_bits=1 if a.embedding_bits == "1" else None, act_bits=a.act_bits, granularity=a.granularity)
     cfg = XTCConfig(
         student_layers=a.student_layers, teacher_layers=a.teacher_layers, spec=spec,

@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
                          T.TrainConfig(epochs=a.teacher_epochs, lr=a.teacher_lr, warmup=0.1, **common), a.max_length)
     t_teacher = time.time() - t0
     cfg = XTCConfig(
-        student_layers=a.student_layers, spec=QuantSpec(), max_length=a.max_length,
+        student_layers=a.student_layers, spec=QuantSpec(pooler=1), max_length=a.max_length,
         fp32=T.TrainConfig(epochs=a.fp32_epochs, lr=a.fp32_lr, warmup=0.05, **common),
         quant=T.TrainConfig(epochs=a.quant_epochs, lr=a.quant_lr, warmup=0.05, **common),
     )

@@ -108,6 +108,30 @@ def read_export_config(path: str) -> dict:
     return meta
 
 
+def _swap_in_frozen(model: torch.nn.Module, fqn: str, state: dict, cfg_path: str) -> None:
+    """Replace module ``fqn`` by an empty frozen packed layer built from its recorded extra state
+    (format, shapes, activation settings): the layout comes from the manifest, never from shapes."""
+    try:
+        old = model.get_submodule(fqn)
+    except AttributeError:
+        raise ExportError(f"{cfg_path}: packed module {fqn!r} does not exist in the model its bert_config describes") from None
+    fmt = state.get("format")
+    if isinstance(old, torch.nn.Embedding) and fmt == bitops.PackFormat.SIGN1.value:
+        new = bitops.BinaryEmbedding(state["num_embeddings"], state["embedding_dim"], old.padding_idx)
+    elif isinstance(old, torch.nn.Linear) and fmt in (bitops.PackFormat.SIGN1.value, bitops.PackFormat.TERNARY2.value):
+        cls = bitops.BinaryLinear if fmt == bitops.PackFormat.SIGN1.value else bitops.TernaryLinear
+        new = cls(
+            state["in_features"], state["out_features"], bias=old.bias is not None, act_bits=state["act_bits"],
+            act_quant=state["act_quant"], granularity=state["granularity"],
+            group_size=state["group_size"] if state["granularity"] == "group" else None,
+        )
+    else:
+        raise ExportError(f"{cfg_path}: packed module {fqn!r} has format {fmt!r} over a {type(old).__name__}; expected sign1/ternary2 Linear or sign1 Embedding")
+    new.set_extra_state(state)
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new.freeze())
+
+
 def load_exported(path: str, device: str = "cpu"):
     """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
     on the packed kernels."""
@@ -122,10 +146,9 @@ def load_exported(path: str, device: str = "cpu"):
     if digest != meta["weights"]["sha256"]:
         raise ExportError(f"{weights}: sha256 {digest}; expected {meta['weights']['sha256']} (the file is corrupted)")
     tensors = load_file(weights)
-    config = BertConfig.from_dict(meta["bert_config"])
-    model = build_student(config, QuantSpec(**meta["quant"]), frozen=True)
+    model = build_student(BertConfig.from_dict(meta["bert_config"]), None, frozen=False)
     for fqn, state in meta["packed_modules"].items():
-        model.get_submodule(fqn).set_extra_state(state)
+        _swap_in_frozen(model, fqn, state, cfg_path=os.path.join(path, CONFIG_FILE))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:

@@ -77,6 +77,10 @@ def test_quantize_student_module_set():
     assert type(model.bert.embeddings.word_embeddings) is bitops.BinaryEmbedding
     assert type(model.bert.embeddings.position_embeddings) is torch.nn.Embedding
     assert type(model.bert.pooler.dense) is torch.nn.Linear and type(model.classifier) is torch.nn.Linear
+    models.quantize_student(model, QuantSpec(pooler=1))
+    assert type(model.bert.pooler.dense) is bitops.BinaryLinear and type(model.classifier) is torch.nn.Linear
+    with pytest.raises(ValueError, match="ffn1 bits=None"):
+        QuantSpec(ffn1=None)
     with pytest.raises(ValueError, match="ffn1 bits=3"):
         QuantSpec(ffn1=3)
 

@@ -28,7 +28,7 @@ def tiny_run(tmp_path_factory):
     t_cfg = trainer.TrainConfig(epochs=10, eval_every=20, **{**FAST, "lr": 5e-3, "warmup": 0.1})
     t_res = pipelines.finetune_teacher(data, base, teacher_dir, t_cfg, max_length=32)
     cfg = pipelines.XTCConfig(
-        student_layers=1, max_length=32,
+        student_layers=1, max_length=32, spec=QuantSpec(pooler=1),
         fp32=trainer.TrainConfig(epochs=2, **{**FAST, "lr": 3e-4}), quant=trainer.TrainConfig(epochs=3, **{**FAST, "lr": 3e-4}),
     )
     x_res = pipelines.xtc(data, teacher_dir, str(root / "xtc"), cfg)
@@ -59,6 +59,7 @@ def test_export_reload_reproduces_predictions(tiny_run):
     assert torch.equal(got, want)
     assert meta["layer_map"] == [1] and meta["task"]["labels"] == ["negative", "positive"]
     assert all(not p.requires_grad or "packed" not in n for n, p in loaded.named_parameters())
+    assert type(loaded.bert.pooler.dense).__name__ == "BinaryLinear"
     kinds = {type(m).__name__ for m in loaded.modules()}
     assert {"BinaryLinear", "BinaryEmbedding"} <= kinds
     assert all(m.frozen for m in loaded.modules() if hasattr(m, "frozen"))
