@@ -187,7 +187,7 @@ def test_results_independent_of_thread_count():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("m,k", [(0, 5), (1, 1), (3, 31), (117, 768), (64, 3072)])
-def test_quantize_rows_int8_exact(m, k, bits, dtype):
+def test_quantize_rows_int8_exact(isa, m, k, bits, dtype):
     x = (torch.randn(m, k) * torch.rand(m, 1) * 10).to(dtype)
     if m > 2:
         x[1] = 0  # all-zero row: scale 1, codes 0
@@ -203,11 +203,21 @@ def test_quantize_rows_int8_exact(m, k, bits, dtype):
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
-def test_quantize_rows_int8_rejects_non_finite(impl):
+def test_quantize_rows_int8_rejects_non_finite(isa, impl):
     fn = ops.quantize_rows_int8 if impl == "kernel" else R.quantize_rows_int8
-    x = torch.randn(4, 8)
-    x[2, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 2"):
-        fn(x, 8)
+    for col, bad in ((3, float("nan")), (8, float("inf")), (0, -float("inf"))):  # col 8: past the 8-wide steps
+        x = torch.randn(4, 9)
+        x[2, col] = bad
+        with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 2"):
+            fn(x, 8)
+
+
+def test_quantize_rows_int8_round_half_even(isa):
+    # Rows whose scale is exactly 1 (max 127) and whose other entries sit on exact half steps.
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.5, 4.5]])
+    q, s = ops.quantize_rows_int8(x, 8)
+    assert s.item() == 1.0
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126, -126, 4, 4]]
+    assert torch.equal(q, R.quantize_rows_int8(x, 8)[0])
     with pytest.raises(ValueError, match=r"bits=3 is not supported for activations; expected 8 or 4"):
         fn(torch.randn(4, 8), 3)
