@@ -298,11 +298,7 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
   const std::string path = int8_kernel_path(m, bits, groups, group_size);
 #if BITOPS_X86
   if (path == "lut") {
-    const std::vector<int16_t> tables = build_lut_tables(p);
-    const int64_t blocks = (n + kLutRowBlock - 1) / kLutRowBlock;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) lut_block_avx2(p, tables.data(), b * kLutRowBlock);
-    });
+    lut_gemm_avx2(p);
     return y;
   }
   if (path == "gemv") {

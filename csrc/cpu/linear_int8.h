@@ -44,14 +44,9 @@ inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
   return y;
 }
 
-// --- Lookup-table W1A8 kernel (linear_int8_lut.cpp), AVX2, one scale group per row.
-// int16 tables of the 8 subset sums of each triple of activations, chunk-major (layout in the .cpp).
-int64_t lut_triples(int64_t nw);
-std::vector<int16_t> build_lut_tables(const Problem& p);
-// Weight rows [n0, n0 + kLutRowBlock) (clipped at n) of the product, written to p.y.
-constexpr int64_t kLutRowBlock = 128;
+// --- Lookup-table W1A8 kernel (linear_int8_lut.cpp): AVX2, 1-bit codes, one scale group per row.
 #if BITOPS_X86
-void lut_block_avx2(const Problem& p, const int16_t* tables, int64_t n0);
+void lut_gemm_avx2(const Problem& p);
 #endif
 
 // Which CPU kernel packed_linear_int8 runs for a call: "gemv" (AVX2, weights expanded in registers,

@@ -40,28 +40,35 @@ constexpr int64_t kSpanWords = 3;       // 96 bits: the smallest run of whole wo
 constexpr int64_t kSpanTriples = 32;
 constexpr int64_t kChunkTriples = 64;   // lookups per int16 flush
 constexpr int64_t kSubRows = 16;        // rows per shuffle: 16 int16 lanes of a ymm
+constexpr int64_t kLutRowBlock = 128;   // weight rows per block: one index build serves all its rows
+constexpr int64_t kLutRowsM = 64;       // activation rows per block of tables
 constexpr int kSubBlocks = kLutRowBlock / kSubRows;
 constexpr int kSubBlocksPerPass = 4;  // index vectors held in registers by lookup_chunk
 static_assert(kLutRowBlock % (kSubRows * kSubBlocksPerPass) == 0);
-}  // namespace
 
-// Tables are stored chunk-major, (chunks, M, kChunkTriples, 8): the tables one chunk of a row block
-// reads for every activation row are one contiguous stream.
-inline int64_t table_offset(const Problem& p, int64_t chunk, int64_t i) { return (chunk * p.m + i) * kChunkTriples * 8; }
+// The tables of activation rows [i0, i1), stored chunk-major, (chunks, i1 - i0, kChunkTriples, 8): the
+// tables one chunk of a weight-row block reads for every activation row are one contiguous stream.
+struct Tables {
+  std::vector<int16_t> data;
+  int64_t i0, rows;
+  const int16_t* at(int64_t chunk, int64_t i) const {
+    return data.data() + (chunk * rows + (i - i0)) * kChunkTriples * 8;
+  }
+};
 
 int64_t lut_triples(int64_t nw) { return (nw + kSpanWords - 1) / kSpanWords * kSpanTriples; }
 
-std::vector<int16_t> build_lut_tables(const Problem& p) {
+Tables build_tables(const Problem& p, int64_t i0, int64_t i1) {
   const int64_t t_count = lut_triples(p.nw);
   const int64_t chunks = (t_count + kChunkTriples - 1) / kChunkTriples;
-  std::vector<int16_t> tab(static_cast<size_t>(chunks * p.m * kChunkTriples * 8));
-  at::parallel_for(0, p.m, 8, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
+  Tables tab{std::vector<int16_t>(static_cast<size_t>(chunks * (i1 - i0) * kChunkTriples * 8)), i0, i1 - i0};
+  at::parallel_for(i0, i1, 8, [&](int64_t r0, int64_t r1) {  // runs inline when called in a parallel region
+    for (int64_t i = r0; i < r1; ++i) {
       const int8_t* x = p.x + i * p.kp;
       for (int64_t t = 0; t < t_count; ++t) {
         const int64_t c = 3 * t;  // activations past kp (the padded K) are zero
         const int16_t a = c < p.kp ? x[c] : 0, b = c + 1 < p.kp ? x[c + 1] : 0, d = c + 2 < p.kp ? x[c + 2] : 0;
-        int16_t* e = tab.data() + table_offset(p, t / kChunkTriples, i) + 8 * (t % kChunkTriples);
+        int16_t* e = const_cast<int16_t*>(tab.at(t / kChunkTriples, i)) + 8 * (t % kChunkTriples);
         e[0] = 0, e[1] = a, e[2] = b, e[3] = a + b;
         e[4] = d, e[5] = a + d, e[6] = b + d, e[7] = a + b + d;
       }
@@ -71,7 +78,6 @@ std::vector<int16_t> build_lut_tables(const Problem& p) {
 }
 
 #if BITOPS_X86
-namespace {
 
 // Triple T of a span sits at bits 3T .. 3T+2; two of the 32 straddle a word boundary. A template per
 // triple so that every shift count is a constant.
@@ -165,15 +171,14 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
   }
 }
 
-}  // namespace
-
-BITOPS_TARGET_AVX2 void lut_block_avx2(const Problem& p, const int16_t* tables, int64_t n0) {
-  const int64_t t_count = lut_triples(p.nw);
-  // Per thread: the indices of one chunk (kSubBlocks x kChunkTriples ymm = 16 KiB, stays in L1) and
-  // the int32 totals of every activation row for this block's rows.
+// Activation rows [tab.i0, tab.i0 + tab.rows) times weight rows [n0, n0 + kLutRowBlock) (clipped at n).
+BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
+  const int64_t t_count = lut_triples(p.nw), i0 = tab.i0, i1 = tab.i0 + tab.rows;
+  // Per call: the indices of one chunk (kSubBlocks x kChunkTriples ymm = 16 KiB, stays in L1) and the
+  // int32 totals of this block (kLutRowsM x kLutRowBlock x 4 B = 32 KiB at most).
   alignas(32) __m256i idx[kSubBlocks * kChunkTriples];
   thread_local std::vector<int32_t> totals;
-  totals.assign(static_cast<size_t>(p.m * kLutRowBlock), 0);
+  totals.assign(static_cast<size_t>(tab.rows * kLutRowBlock), 0);
   for (int64_t t0 = 0; t0 < t_count; t0 += kChunkTriples) {
     const int64_t c = t0 / kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
     for (int sb = 0; sb < kSubBlocks; ++sb)
@@ -181,25 +186,47 @@ BITOPS_TARGET_AVX2 void lut_block_avx2(const Problem& p, const int16_t* tables, 
         build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
     for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
       const __m256i* ix = idx + sb * kChunkTriples;
-      int64_t i = 0;
-      for (; i + 2 <= p.m; i += 2) {
-        int32_t* tot = totals.data() + i * kLutRowBlock + sb * kSubRows;
-        lookup_chunk<2>(tables + table_offset(p, c, i), tables + table_offset(p, c, i + 1), ix, count, tot,
-                        tot + kLutRowBlock);
+      int64_t i = i0;
+      for (; i + 2 <= i1; i += 2) {
+        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
+        lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + kLutRowBlock);
       }
-      if (i < p.m) {
-        int32_t* tot = totals.data() + i * kLutRowBlock + sb * kSubRows;
-        lookup_chunk<1>(tables + table_offset(p, c, i), nullptr, ix, count, tot, nullptr);
+      if (i < i1) {
+        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
+        lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, tot, nullptr);
       }
     }
   }
   const int64_t rows = std::min(kLutRowBlock, p.n - n0);
-  for (int64_t i = 0; i < p.m; ++i)
+  for (int64_t i = i0; i < i1; ++i)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t j = n0 + r;
-      const int32_t acc = signed_dot(p, totals[i * kLutRowBlock + r], p.xsum[i]);
+      const int32_t acc = signed_dot(p, totals[(i - i0) * kLutRowBlock + r], p.xsum[i]);
       p.y[i * p.n + j] = finish(p, add_group(0.f, 0, acc, p.w_scale[j]), i, j);
     }
+}
+
+}  // namespace
+
+// Scheduling: activation rows go in blocks of kLutRowsM, whose tables (kLutRowsM x K/3 x 16 B: 256 KiB at
+// K = 768) stay in L2 while every weight-row block reads them. With enough row blocks for the threads,
+// each thread takes whole activation-row blocks; otherwise the tables of all rows are built once and
+// the threads share out the weight-row blocks.
+BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
+  const int64_t m_blocks = (p.m + kLutRowsM - 1) / kLutRowsM, n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock;
+  if (m_blocks > 1 && m_blocks >= at::get_num_threads()) {
+    at::parallel_for(0, m_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const Tables tab = build_tables(p, b * kLutRowsM, std::min(p.m, (b + 1) * kLutRowsM));
+        for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+      }
+    });
+    return;
+  }
+  const Tables tab = build_tables(p, 0, p.m);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+  });
 }
 #endif
 
