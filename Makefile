@@ -7,7 +7,7 @@ DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.ext-built
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench callgrind clean
 
 setup: $(BUILT)
 
@@ -31,8 +31,16 @@ test: setup
 demo: setup
 	$(PY) -m bitops.demo
 
+# Kernel table and plot, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
 bench: setup
 	$(PY) benchmarks/bench_gemm.py
+	$(PY) benchmarks/bench_e2e.py
+	$(PY) -m pytest -q benchmarks/test_micro.py --benchmark-only --benchmark-columns=median,ops \
+		--benchmark-json=benchmarks/results/micro.json
+
+# Instruction counts per kernel call (valgrind; slow, load-independent).
+callgrind: setup
+	$(PY) benchmarks/callgrind_kernels.py
 
 clean:
 	rm -rf build *.egg-info bitops/*.so
