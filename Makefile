@@ -5,11 +5,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.ext-built
+# The MR movie-review sentences (kd's default task) ship only in this sdist: fetched once, kept in .cache.
+MR     := .cache/mr/vaderSentiment-3.3.2.tar.gz
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: setup test demo bench callgrind clean
+.PHONY: setup test demo binarize-demo bench callgrind clean
 
-setup: $(BUILT)
+setup: $(BUILT) $(MR)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +27,19 @@ $(BUILT): $(DEPS) $(EXT_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
+$(MR): | $(PY)
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(dir $@) vaderSentiment==3.3.2
+	test -f $@
+
 test: setup
 	$(PY) -m pytest -q tests
 
+# Teacher fine-tuning on an MR subset, XTC (FP32 then 1-bit student), export, one table.
 demo: setup
+	$(PY) -m kd.demo
+
+# Binarize the embedded BERT with no training: packed vs fake-quant outputs, sizes, latency.
+binarize-demo: setup
 	$(PY) -m bitops.demo
 
 # Kernel table and plot, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
