@@ -9,7 +9,7 @@ BUILT  := $(VENV)/.ext-built
 MR     := .cache/mr/vaderSentiment-3.3.2.tar.gz
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: setup test demo binarize-demo bench clean
+.PHONY: setup test demo binarize-demo bench callgrind clean
 
 setup: $(BUILT) $(MR)
 
@@ -42,8 +42,16 @@ demo: setup
 binarize-demo: setup
 	$(PY) -m bitops.demo
 
+# Kernel table and plot, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
 bench: setup
 	$(PY) benchmarks/bench_gemm.py
+	$(PY) benchmarks/bench_e2e.py
+	$(PY) -m pytest -q benchmarks/test_micro.py --benchmark-only --benchmark-columns=median,ops \
+		--benchmark-json=benchmarks/results/micro.json
+
+# Instruction counts per kernel call (valgrind; slow, load-independent).
+callgrind: setup
+	$(PY) benchmarks/callgrind_kernels.py
 
 clean:
 	rm -rf build *.egg-info bitops/*.so
