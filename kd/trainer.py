@@ -65,9 +65,13 @@ class TrainConfig:
 
 
 def resolve_device(device: str) -> torch.device:
+    """"auto": CUDA when available, else CPU. Under torchrun each process takes GPU LOCAL_RANK."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
 
 
 def dist_setup(device: torch.device):
