@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertConfig
 
 from . import trainer as T
 from .data import Encoded, TaskData
@@ -29,7 +29,6 @@ from .export import export_student
 from .losses import KDWeights, kd_loss, task_loss
 from .models import (QuantSpec, build_student, forward_with_internals, load_classifier, quantize_student,
                      reduce_layers, skip_layers)
-from transformers import BertConfig
 
 TASK_FILE = "kd_task.json"
 STUDENT_FILE = "student.json"

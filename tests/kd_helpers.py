@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from kd.data import Example, TaskData, load_mr
+from kd.data import TaskData, load_mr
 from kd.models import teacher_base_path
 
 
