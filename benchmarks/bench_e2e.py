@@ -46,10 +46,14 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile(W1A8 packed) (fullgraph; the first call compiles, ~1 min)")
     args = ap.parse_args(argv)
     pin_threads(1)
     torch.manual_seed(0)
     tok, models = build_models()
+    if args.compile:
+        models["W1A8 packed, compiled"] = torch.compile(models["W1A8 packed"], fullgraph=True)
     records = []
     for b in args.batches:
         texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
@@ -74,7 +78,7 @@ def main(argv=None) -> None:
         fig, axes = plt.subplots(1, len(args.batches), figsize=(4.5 * len(args.batches), 3.5))
         for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
             rs = [r for r in records if r["batch"] == b]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c"])
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
             ax.set_ylabel("ms")
         fig.tight_layout()
