@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import os
 
 import torch
@@ -24,8 +23,7 @@ import torch
 import bitops
 from bitops._timing import median_ms
 from bitops.demo import SENTENCES, encoder_linear, model_dir
-
-ALL_CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+from _report import pin_threads, write_results
 
 
 def build_models():
@@ -48,12 +46,14 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile(W1A8 packed) (fullgraph; the first call compiles, ~1 min)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if ALL_CORES:
-        os.sched_setaffinity(0, {ALL_CORES[-1]})
+    pin_threads(1)
     torch.manual_seed(0)
     tok, models = build_models()
+    if args.compile:
+        models["W1A8 packed, compiled"] = torch.compile(models["W1A8 packed"], fullgraph=True)
     records = []
     for b in args.batches:
         texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
@@ -68,15 +68,7 @@ def main(argv=None) -> None:
              "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |"
               for r in records]
-    table = "\n".join(lines) + "\n"
-    print(table)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "e2e.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
-    with open(os.path.join(args.out_dir, "e2e.md"), "w") as f:
-        f.write(table)
+    write_results(args.out_dir, "e2e", records, "\n".join(lines) + "\n")
     try:
         import matplotlib
 
@@ -86,7 +78,7 @@ def main(argv=None) -> None:
         fig, axes = plt.subplots(1, len(args.batches), figsize=(4.5 * len(args.batches), 3.5))
         for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
             rs = [r for r in records if r["batch"] == b]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c"])
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
             ax.set_ylabel("ms")
         fig.tight_layout()

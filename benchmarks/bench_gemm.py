@@ -15,7 +15,6 @@ Usage: python benchmarks/bench_gemm.py [--repeats 20] [--ms 1 8 32 128] [--out-d
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 
@@ -25,19 +24,10 @@ import bitops
 from bitops._ops import _C
 from bitops._timing import median_ms
 from bitops.quantizers import quantize_per_token_symmetric
+from _report import ALL_CORES, pin_threads, write_results
 
 BERT_BASE_SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N): attention, FFN1, FFN2
 KERNELS = ("fp32", "int8 fbgemm", "W1A8 layer", "W2A8 layer", "W1A8 kernel", "W2A8 kernel")
-
-
-ALL_CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-def pin_threads(n: int) -> None:
-    """n torch threads on the last n cores (core 0 takes most of the system's interrupts)."""
-    torch.set_num_threads(n)
-    if ALL_CORES:
-        os.sched_setaffinity(0, set(ALL_CORES[-n:]))
 
 
 def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
@@ -130,17 +120,9 @@ def main(argv=None) -> None:
     scaling = [thread_scaling(k, n, args.repeats) for k, n in BERT_BASE_SHAPES] if len(ALL_CORES) > 1 else []
     header = (f"GEMM, 1 thread pinned, median of {args.repeats}; {platform.processor() or platform.machine()}, "
               f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
-    table = markdown(records, scaling, header)
-    print(table)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "gemm.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
-    with open(os.path.join(args.out_dir, "gemm.md"), "w") as f:
-        f.write(table)
-    wrote = ["gemm.csv", "gemm.md"] + (["gemm.png"] if plot(records, os.path.join(args.out_dir, "gemm.png")) else [])
-    print("wrote", ", ".join(os.path.join(args.out_dir, x) for x in wrote))
+    wrote = write_results(args.out_dir, "gemm", records, markdown(records, scaling, header))
+    png = os.path.join(args.out_dir, "gemm.png")
+    print("wrote", ", ".join(wrote + ([png] if plot(records, png) else [])))
 
 
 if __name__ == "__main__":
