@@ -20,18 +20,21 @@ from torch import nn
 
 from . import quantizers as Q
 from ._ops import ops
+from ._frozen import STATE_VERSION, FrozenPackedState
 from .formats import PackFormat
 
-STATE_VERSION = 1
 
 
-class BinaryEmbedding(nn.Module):
+class BinaryEmbedding(FrozenPackedState, nn.Module):
     """Embedding (num_embeddings, embedding_dim) with 1-bit rows and per-row float32 scales.
 
     Input: integer ids of any shape; output: float32 (or the latent dtype while training) of shape
     ``ids.shape + (embedding_dim,)``. ``padding_idx`` is kept for compatibility with nn.Embedding:
     its row receives no gradient while training.
     """
+
+    _state_kind = "binary embedding"
+    _checked_state_keys = ("format", "num_embeddings", "embedding_dim")
 
     weight_format = PackFormat.SIGN1
 
@@ -89,20 +92,6 @@ class BinaryEmbedding(nn.Module):
         codes, scale, _ = Q.quantize_weight(self.weight, 1, "row")
         return ops.pack_bits(codes, 1), scale
 
-    def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
-        if "weight" in self._parameters:
-            del self._parameters["weight"]
-        self.register_buffer("packed_weight", packed)
-        self.register_buffer("weight_scale", scale)
-        self.frozen = True
-
-    @torch.no_grad()
-    def freeze(self) -> "BinaryEmbedding":
-        """Drop the latent table, keep packed rows and scales as buffers. Returns self."""
-        if not self.frozen:
-            self._frozen_buffers(*self.packed_weight_and_scale())
-        return self
-
     def get_extra_state(self):
         return {
             "version": STATE_VERSION,
@@ -111,25 +100,6 @@ class BinaryEmbedding(nn.Module):
             "embedding_dim": self.embedding_dim,
             "frozen": self.frozen,
         }
-
-    def set_extra_state(self, state) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"binary-embedding state version {got!r}; expected {STATE_VERSION}")
-        mine = self.get_extra_state()
-        for key in ("format", "num_embeddings", "embedding_dim"):
-            if state.get(key) != mine[key]:
-                raise ValueError(f"state_dict was saved from an embedding with {key}={state.get(key)!r}; this one has {key}={mine[key]!r}")
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A frozen state_dict loads into a training layer too: it takes the frozen layout first.
-        if prefix + "packed_weight" in state_dict and not self.frozen:
-            device = self.weight.device
-            self._frozen_buffers(
-                torch.empty_like(state_dict[prefix + "packed_weight"], device=device),
-                torch.empty_like(state_dict[prefix + "weight_scale"], device=device),
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (

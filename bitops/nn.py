@@ -25,9 +25,9 @@ from torch import nn
 
 from . import quantizers as Q
 from ._ops import ops
+from ._frozen import STATE_VERSION, FrozenPackedState
 from .formats import PackFormat
 
-STATE_VERSION = 1
 ACT_QUANTS = ("dynamic", "pact", "lsq")
 PACT_INIT_CLIP = 2.5  # BinaryBERT's initial clip for A8 activations
 
@@ -91,8 +91,11 @@ class _FrozenLinearFn(torch.autograd.Function):
         return grad_x.to(ctx.x_dtype), None, None, None, None, grad_b, None, None, None
 
 
-class _PackedLinear(nn.Module):
+class _PackedLinear(FrozenPackedState, nn.Module):
     """Shared body of BinaryLinear and TernaryLinear; subclasses fix ``weight_format``."""
+
+    _state_kind = "packed layer"
+    _checked_state_keys = ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant")
 
     weight_format: PackFormat
 
@@ -214,21 +217,6 @@ class _PackedLinear(nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     # -- freezing and serialization ---------------------------------------------------------
-    def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
-        if "weight" in self._parameters:
-            del self._parameters["weight"]
-        self.register_buffer("packed_weight", packed)
-        self.register_buffer("weight_scale", scale)
-        self.frozen = True
-
-    @torch.no_grad()
-    def freeze(self) -> "_PackedLinear":
-        """Drop the latent weights, keep the packed words and scales as buffers. Returns self."""
-        if not self.frozen:
-            packed, scale = self.packed_weight_and_scale()
-            self._frozen_buffers(packed, scale)
-        return self
-
     def get_extra_state(self):
         return {
             "version": STATE_VERSION,
@@ -242,27 +230,6 @@ class _PackedLinear(nn.Module):
             "act_quant": self.act_quant,
             "frozen": self.frozen,
         }
-
-    def set_extra_state(self, state) -> None:
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"packed-layer state version {got!r}; expected {STATE_VERSION}")
-        mine = self.get_extra_state()
-        for key in ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant"):
-            if state.get(key) != mine[key]:
-                raise ValueError(
-                    f"state_dict was saved from a layer with {key}={state.get(key)!r}; this layer has {key}={mine[key]!r}"
-                )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A frozen state_dict loads into a training layer too: it takes the frozen layout first.
-        if prefix + "packed_weight" in state_dict and not self.frozen:
-            device = self.weight.device
-            self._frozen_buffers(
-                torch.empty_like(state_dict[prefix + "packed_weight"], device=device),
-                torch.empty_like(state_dict[prefix + "weight_scale"], device=device),
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         gran = {"tensor": "per tensor", "row": "per row", "group": f"per group of {self.group_size}"}[self.granularity]

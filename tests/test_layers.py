@@ -121,10 +121,10 @@ def test_state_dict_round_trip_through_file(cls):
 
 def test_state_dict_mismatch_is_refused():
     sd = bitops.BinaryLinear(50, 20).freeze().state_dict()
-    with pytest.raises(ValueError, match=r"saved from a layer with format='sign1'; this layer has format='ternary2'"):
+    with pytest.raises(ValueError, match=r"saved from a packed layer with format='sign1'; this one has format='ternary2'"):
         bitops.TernaryLinear(50, 20).load_state_dict(sd)
     sd["_extra_state"] = dict(sd["_extra_state"], version=99)
-    with pytest.raises(ValueError, match=r"packed-layer state version 99; expected 1"):
+    with pytest.raises(ValueError, match=r"packed layer state version 99; expected 1"):
         bitops.BinaryLinear(50, 20).load_state_dict(sd)
 
 
