@@ -19,7 +19,11 @@ def sources(pattern):
 # No -march=native and no -mavx2: AVX2 code is compiled per function with a target attribute and
 # chosen at run time, so one build runs on any x86-64 CPU and builds on aarch64.
 # -ffp-contract=off: the int8 GEMM's float epilogue must round exactly like the reference (no FMA).
-cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-Wall", "-Wno-unused-function"]
+# -fopenmp: at::parallel_for is an inline template that runs serially unless the extension itself is
+# compiled with OpenMP; linked by soname, the libgomp torch already loaded is the one used, so the
+# thread count follows torch.set_num_threads.
+cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wno-unused-function"]
+link_flags = ["-fopenmp"]
 cpp_sources = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
 cuda_sources = sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
 build_cuda = (
@@ -36,10 +40,12 @@ if build_cuda:
         cpp_sources + cuda_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+        extra_link_args=link_flags,
     )
 else:
     ext = CppExtension(
-        "bitops._C", cpp_sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args=cxx_flags
+        "bitops._C", cpp_sources, include_dirs=[os.path.join(ROOT, "csrc")], extra_compile_args=cxx_flags,
+        extra_link_args=link_flags,
     )
 
 setup(
