@@ -1,7 +1,8 @@
 // A host emulation of the CUDA execution model, enough to run csrc/cuda/kernels.cuh unchanged with g++.
 //
 // How it runs a kernel (harness::launch):
-//   * blocks run one after another; within a block every CUDA thread is one std::thread;
+//   * blocks run one after another; within a block every CUDA thread is one std::thread (the same
+//     threads run each block in turn, separated by a block-wide barrier);
 //   * threadIdx / blockIdx are thread_local, blockDim / gridDim global to the launch;
 //   * __shared__ is `static`: one instance per kernel instantiation, shared by the block's threads
 //     (blocks never overlap, so that is exactly block-shared storage);
@@ -69,6 +70,7 @@ struct Warp {
   std::barrier<> bar{32};
   uint64_t slot[32][8];
   const void* ptr[32];
+  uint64_t xchg[2][32];  // shuffles alternate between two slot sets: one barrier per shuffle
 };
 
 struct Block {
@@ -82,6 +84,7 @@ struct Block {
 inline Block* g_block = nullptr;
 inline thread_local int t_lane = 0;
 inline thread_local Warp* t_warp = nullptr;
+inline thread_local int t_parity = 0;
 
 // cp.async groups of this thread: pending copies, committed groups (copies per group), in order.
 struct Copy {
@@ -105,27 +108,31 @@ void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   if (threads % 32 != 0) fail("block size must be a multiple of 32");
   gridDim = grid;
   blockDim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block b(threads);
-        g_block = &b;
-        std::vector<std::thread> pool;
-        pool.reserve(threads);
-        for (int t = 0; t < threads; ++t)
-          pool.emplace_back([&, t] {
-            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+  // One std::thread per CUDA thread of a block; the same threads then run the next block, after a
+  // block-wide barrier, so blocks never overlap and thread creation is paid once per launch.
+  Block b(threads);
+  g_block = &b;
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+      t_lane = t % 32;
+      t_warp = b.warps[t / 32].get();
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx) {
             blockIdx = dim3(bx, by, bz);
-            t_lane = t % 32;
-            t_warp = b.warps[t / 32].get();
             t_pending.clear();
             t_groups.clear();
+            t_parity = 0;
             kernel(args...);
             if (!t_pending.empty() || !t_groups.empty()) fail("thread exited with cp.async copies never waited for");
-          });
-        for (auto& th : pool) th.join();
-        g_block = nullptr;
-      }
+            b.bar.arrive_and_wait();  // the block is over for every thread before the next begins
+          }
+    });
+  for (auto& th : pool) th.join();
+  g_block = nullptr;
 }
 
 template <class T>
@@ -146,16 +153,17 @@ inline void check_full(unsigned mask) {
   if (mask != 0xffffffffu) fail("warp collectives here need the full mask 0xffffffff");
 }
 
-// Lane l publishes `mine`; returns what lane src(l) published.
+// Lane l publishes `mine`; returns what lane src(l) published. Consecutive exchanges use alternate
+// slot sets, so one barrier suffices: a lane can only overwrite set p again after the barrier of the
+// exchange in between, which no lane passes before it has read set p.
 template <class T, class Src>
 T warp_exchange(T mine, Src src) {
   Warp& w = *t_warp;
-  w.slot[t_lane][0] = to_bits(mine);
+  uint64_t* set = w.xchg[t_parity];
+  t_parity ^= 1;
+  set[t_lane] = to_bits(mine);
   w.bar.arrive_and_wait();
-  const int from = src(t_lane);
-  const T r = from_bits<T>(w.slot[from][0]);
-  w.bar.arrive_and_wait();
-  return r;
+  return from_bits<T>(set[src(t_lane)]);
 }
 
 }  // namespace harness
@@ -184,7 +192,7 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
   w.bar.arrive_and_wait();
   unsigned r = 0;
   for (int l = 0; l < 32; ++l) r |= static_cast<unsigned>(w.slot[l][0]) << l;
-  w.bar.arrive_and_wait();
+  w.bar.arrive_and_wait();  // slot is shared with mma / ldmatrix: all lanes read before anyone reuses it
   return r;
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
