@@ -15,8 +15,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <string_view>
 
 #include "../checks.h"
+#include "../schemas.h"
 #include "launch.h"
 
 namespace bitops::cuda {
@@ -131,12 +133,21 @@ at::Tensor packed_linear_grad_input_cuda(const at::Tensor& go_in, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(bitops, CUDA, m) {
-  m.impl("pack_bits", &pack_bits_cuda);
-  m.impl("unpack_bits", &unpack_bits_cuda);
-  m.impl("packed_linear_int8", &packed_linear_int8_cuda);
-  m.impl("packed_linear_float", &packed_linear_float_cuda);
-  m.impl("packed_linear_grad_input", &packed_linear_grad_input_cuda);
+#define BITOPS_CUDA_IMPLS(m)                                          \
+  m.impl("pack_bits", &pack_bits_cuda);                               \
+  m.impl("unpack_bits", &unpack_bits_cuda);                           \
+  m.impl("packed_linear_int8", &packed_linear_int8_cuda);             \
+  m.impl("packed_linear_float", &packed_linear_float_cuda);           \
+  m.impl("packed_linear_grad_input", &packed_linear_grad_input_cuda)
+
+TORCH_LIBRARY_IMPL(bitops, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
+
+// The same kernels under bitops_cuda::<op>, whatever BITOPS_CUDA_BACKEND registers for bitops::<op>:
+// tests and benchmarks call them side by side with bitops.triton.ops.<op>.
+TORCH_LIBRARY(bitops_cuda, m) {
+  for (const char* schema : kSchemas)
+    if (std::string_view(schema).rfind("quantize_rows_int8", 0) != 0) m.def(schema);  // no CUDA kernel of its own
 }
+TORCH_LIBRARY_IMPL(bitops_cuda, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
 
 }  // namespace bitops::cuda
