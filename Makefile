@@ -7,7 +7,17 @@ DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.ext-built
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
-.PHONY: setup test demo bench clean
+# The extension built against the CUDA build of torch (torch 2.14.1 in .venv-cuda), for
+# tests/test_cuda_build.py; the output goes to build/cuda-lib so the CPU build in bitops/ stays.
+# `make test` builds it where nvcc exists (first time: about 2 min of pip + the build; then only
+# when sources change).
+VENV_CUDA  := .venv-cuda
+CUDA_DEPS  := $(VENV_CUDA)/.deps-installed
+CUDA_BUILT := $(VENV_CUDA)/.ext-built
+CUDA_HOME  ?= /usr/local/cuda
+HAVE_NVCC  := $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
+
+.PHONY: setup test demo bench clean cuda-build
 
 setup: $(BUILT)
 
@@ -25,7 +35,19 @@ $(BUILT): $(DEPS) $(EXT_SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-test: setup
+$(CUDA_DEPS): requirements-cuda.txt
+	$(PYTHON) -m venv $(VENV_CUDA)
+	$(VENV_CUDA)/bin/python -m pip install -q -r requirements-cuda.txt
+	touch $@
+
+$(CUDA_BUILT): $(CUDA_DEPS) $(EXT_SOURCES)
+	CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="8.0;9.0" $(VENV_CUDA)/bin/python setup.py -q build_ext \
+		--build-temp build/cuda-temp --build-lib build/cuda-lib
+	touch $@
+
+cuda-build: $(CUDA_BUILT)
+
+test: setup $(if $(HAVE_NVCC),cuda-build)
 	$(PY) -m pytest -q tests
 
 demo: setup
@@ -35,4 +57,4 @@ bench: setup
 	$(PY) benchmarks/bench_gemm.py
 
 clean:
-	rm -rf build *.egg-info bitops/*.so
+	rm -rf build *.egg-info bitops/*.so $(CUDA_BUILT)
