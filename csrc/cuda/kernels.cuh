@@ -30,17 +30,22 @@ inline Grid pack_grid(int64_t words) {
   return {static_cast<unsigned>(b < 1 ? 1 : b), 1, 1};
 }
 
+// Calls f(row, word index in the row, flat index) for each of the rows * nw words, grid-stride.
+template <class F>
+__device__ __forceinline__ void for_each_word(int64_t rows, int nw, F&& f) {
+  const int64_t total = rows * nw;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    f(i / nw, static_cast<int>(i % nw), i);
+}
+
 // codes int8 (rows, k) -> words (rows, nw). The first code the format cannot hold is reported in
 // bad[0] = 1, bad[1] = value (bad zeroed by the caller).
 template <int BITS>
 __global__ void __launch_bounds__(kPackThreads)
     pack_kernel(const int8_t* __restrict__ codes, int32_t* __restrict__ out, int64_t rows, int k, int nw, int* bad) {
   constexpr int bits = BITS, cpw = 32 / BITS;
-  const int64_t total = rows * nw;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / nw;
-    const int w = static_cast<int>(i % nw);
+  for_each_word(rows, nw, [&](int64_t row, int w, int64_t i) {
     const int8_t* c = codes + row * k;
     const int j0 = w * cpw, j1 = j0 + cpw < k ? j0 + cpw : k;
     uint32_t word = 0;
@@ -51,7 +56,7 @@ __global__ void __launch_bounds__(kPackThreads)
       if (!ok && atomicExch(&bad[0], 1) == 0) bad[1] = v;
     }
     out[i] = static_cast<int32_t>(word);
-  }
+  });
 }
 
 // words (rows, nw) -> codes int8 (rows, k).
@@ -59,16 +64,12 @@ template <int BITS>
 __global__ void __launch_bounds__(kPackThreads)
     unpack_kernel(const int32_t* __restrict__ packed, int8_t* __restrict__ out, int64_t rows, int k, int nw) {
   constexpr int bits = BITS, cpw = 32 / BITS;
-  const int64_t total = rows * nw;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / nw;
-    const int w = static_cast<int>(i % nw);
+  for_each_word(rows, nw, [&](int64_t row, int w, int64_t i) {
     const uint32_t word = static_cast<uint32_t>(packed[i]);
     int8_t* o = out + row * k;
     const int j0 = w * cpw, j1 = j0 + cpw < k ? j0 + cpw : k;
     for (int j = j0; j < j1; ++j) o[j] = static_cast<int8_t>(decode_code(word, j - j0, bits));
-  }
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
