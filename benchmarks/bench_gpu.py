@@ -67,7 +67,7 @@ def bench_shape(model, m, k, n, do_bench):
         "W2A16": (lambda: T.packed_linear_float(x16, p2, s2, bias, 2, k, k), m * k * 2 + w_bytes[2] + m * n * 2),
         "W1 grad_input": (lambda: T.packed_linear_grad_input(go16, p1, s1, 1, k, k), m * n * 2 + w_bytes[1] + m * k * 2),
     }
-    if hasattr(torch.ops, "bitops_cuda"):
+    if bitops.triton.cpp_cuda_built():
         C = torch.ops.bitops_cuda
         cases.update({
             "W1A8 C++": (lambda: C.packed_linear_int8(x8, xs, p1, s1, bias, 1, k, k), m * k + w_bytes[1] + m * n * 4),

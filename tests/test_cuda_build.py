@@ -26,6 +26,7 @@ assert bitops._C.__file__.startswith(PKG), bitops._C.__file__
 for op in BT.OP_NAMES:
     for ns in ("bitops", "bitops_cuda"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::{op}", "CUDA"), (ns, op)
+assert BT.cpp_cuda_built()
 assert BT.backends() == BT.requested_backends(), BT.backends()
 assert BT.backends()["packed_linear_int8"] == "cuda" and BT.backends()["packed_linear_float"] == "triton"
 c = torch.tensor([[1, -1, 1]], dtype=torch.int8)

@@ -11,8 +11,7 @@ from bitops import reference as R
 from kernel_cases import check_close, codes, weights
 
 DEV = "cuda"
-HAS_CPP = hasattr(torch.ops, "bitops_cuda") and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "bitops_cuda::packed_linear_int8", "CUDA")
+HAS_CPP = bitops.triton.cpp_cuda_built()
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"),
     pytest.mark.skipif(not HAS_CPP, reason="the extension was built without the C++ CUDA kernels (CPU torch or no nvcc)"),

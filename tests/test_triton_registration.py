@@ -51,6 +51,13 @@ def test_backend_rule(monkeypatch):
             BT.requested_backends()
 
 
+def test_no_cpp_cuda_kernels_in_a_cpu_build():
+    if torch.version.cuda is not None:
+        pytest.skip("torch is a CUDA build here; tests/test_cuda_build.py covers that case")
+    assert not BT.cpp_cuda_built()
+    assert BT.backends() == dict.fromkeys(BT.OP_NAMES, "triton")  # Triton fills in every op
+
+
 def test_bad_env_value_fails_import_clearly():
     env = dict(os.environ, BITOPS_CUDA_BACKEND="fast")
     out = subprocess.run([sys.executable, "-c", "import bitops"], cwd=ROOT, env=env, capture_output=True, text=True)

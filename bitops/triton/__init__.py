@@ -52,6 +52,14 @@ def has_cuda_kernel(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"bitops::{op}", "CUDA")
 
 
+def cpp_cuda_built() -> bool:
+    """Whether the extension has the C++ CUDA kernels (``torch.ops.bitops_cuda.<op>`` exists)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("bitops_cuda::packed_linear_int8", "CUDA")
+    except RuntimeError:  # the bitops_cuda namespace is defined only by a CUDA build
+        return False
+
+
 def _fail(raw: str, why: str):
     raise ValueError(f"{ENV}={raw!r} is not a backend rule: {why}; expected a backend ({', '.join(map(repr, CHOICES))}) "
                      f"optionally followed by op=backend items, e.g. 'cuda,packed_linear_float=triton'")
