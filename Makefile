@@ -5,6 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 BUILT  := $(VENV)/.ext-built
+# The MR movie-review sentences (kd's default task) ship only in this sdist: fetched once, kept in .cache.
+MR     := .cache/mr/vaderSentiment-3.3.2.tar.gz
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh') setup.py pyproject.toml
 
 # The extension built against the CUDA build of torch (torch 2.14.1 in .venv-cuda), for
@@ -19,9 +21,9 @@ CUDA_HOME  ?= /usr/local/cuda
 HAVE_NVCC  := $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
 CUDA_BUILD ?= 1
 
-.PHONY: setup test demo bench clean cuda-build
+.PHONY: setup test demo binarize-demo bench callgrind clean cuda-build
 
-setup: $(BUILT)
+setup: $(BUILT) $(MR)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,14 +51,31 @@ $(CUDA_BUILT): $(CUDA_DEPS) $(EXT_SOURCES)
 
 cuda-build: $(CUDA_BUILT)
 
+$(MR): | $(PY)
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d $(dir $@) vaderSentiment==3.3.2
+	test -f $@
+
 test: setup $(if $(and $(HAVE_NVCC),$(filter 1,$(CUDA_BUILD))),cuda-build)
 	$(PY) -m pytest -q tests
 
+# Teacher fine-tuning on an MR subset, XTC (FP32 then 1-bit student), export, one table.
 demo: setup
+	$(PY) -m kd.demo
+
+# Binarize the embedded BERT with no training: packed vs fake-quant outputs, sizes, latency.
+binarize-demo: setup
 	$(PY) -m bitops.demo
 
+# Kernel table and plot, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
 bench: setup
 	$(PY) benchmarks/bench_gemm.py
+	$(PY) benchmarks/bench_e2e.py
+	$(PY) -m pytest -q benchmarks/test_micro.py --benchmark-only --benchmark-columns=median,ops \
+		--benchmark-json=benchmarks/results/micro.json
+
+# Instruction counts per kernel call (valgrind; slow, load-independent).
+callgrind: setup
+	$(PY) benchmarks/callgrind_kernels.py
 
 clean:
 	rm -rf build *.egg-info bitops/*.so $(CUDA_BUILT)

@@ -48,6 +48,7 @@ setup(
     description="Really 1-bit BERT: packed 1/2-bit kernels and knowledge-distillation recipes",
     packages=find_packages(include=["bitops", "bitops.*", "kd", "kd.*"]),
     ext_modules=[ext],
+    entry_points={"console_scripts": ["bitbert=kd.cli:main"]},
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)},
     python_requires=">=3.10",
 )

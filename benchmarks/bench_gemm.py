@@ -1,87 +1,128 @@
-"""GEMM benchmark at BERT-base layer shapes, one thread pinned, medians, all in one run:
+"""GEMM benchmark at BERT-base layer shapes, all kernels in one run, medians:
 
-  fp32        torch nn.Linear (MKL sgemm)
-  int8        fbgemm dynamic int8 (torch.ao.quantization.quantize_dynamic of the same nn.Linear),
-              which quantizes its activations on every call
-  W1A8 layer  bitops.BinaryLinear, frozen, float input (per-token int8 quantization included)
-  W2A8 layer  bitops.TernaryLinear, frozen, same
+  fp32          torch nn.Linear (MKL / oneDNN sgemm)
+  int8 fbgemm   dynamic int8 (torch.ao.quantization.quantize_dynamic of the same nn.Linear), which
+                quantizes its activations on every call
+  W1A8 layer    bitops.BinaryLinear, frozen, float input (per-token int8 quantization included)
+  W2A8 layer    bitops.TernaryLinear, frozen, same
   W1A8 / W2A8 kernel: torch.ops.bitops.packed_linear_int8 alone on pre-quantized int8 input
+                (the kernel path it takes is in the CSV: gemv, lut or bytes)
 
-Prints a table (ms, GMAC/s, speed ratio vs fp32 and vs int8) and writes CSV.
-Usage: python benchmarks/bench_gemm.py [--repeats 30] [--out benchmarks/results/gemm.csv]
+One thread pinned to one core for the main table; the W1A8 kernel also with 2 threads at M=128
+(thread scaling). Writes CSV and a markdown table, and with matplotlib a PNG plot of GMAC/s vs M.
+Usage: python benchmarks/bench_gemm.py [--repeats 20] [--ms 1 8 32 128] [--out-dir benchmarks/results]
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 
 import torch
 
 import bitops
+from bitops._ops import _C
 from bitops._timing import median_ms
 from bitops.quantizers import quantize_per_token_symmetric
+from _report import ALL_CORES, pin_threads, write_results
 
-SHAPES = [(m, k, n) for m in (1, 128) for (k, n) in ((768, 768), (768, 3072), (3072, 768))]
-
-
-def pin_one_thread() -> None:
-    torch.set_num_threads(1)
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+BERT_BASE_SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N): attention, FFN1, FFN2
+KERNELS = ("fp32", "int8 fbgemm", "W1A8 layer", "W2A8 layer", "W1A8 kernel", "W2A8 kernel")
 
 
-def bench_shape(m: int, k: int, n: int, repeats: int) -> dict:
+def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
     torch.manual_seed(0)
     lin = torch.nn.Linear(k, n).eval()
     x = torch.randn(m, k)
     int8 = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-    row = {"M": m, "K": k, "N": n}
+    timings = {}
+    paths = {}
     with torch.inference_mode():
-        row["fp32"] = median_ms(lambda: lin(x), repeats)
-        row["int8 fbgemm"] = median_ms(lambda: int8(x), repeats)
+        timings["fp32"] = median_ms(lambda: lin(x), repeats)
+        timings["int8 fbgemm"] = median_ms(lambda: int8(x), repeats)
         q, s = quantize_per_token_symmetric(x)
         for name, cls in (("W1A8", bitops.BinaryLinear), ("W2A8", bitops.TernaryLinear)):
             layer = cls.from_linear(lin, act_bits=8).freeze()
-            row[f"{name} layer"] = median_ms(lambda: layer(x), repeats)
+            timings[f"{name} layer"] = median_ms(lambda: layer(x), repeats)
             p, ws, b = layer.packed_weight, layer.weight_scale, layer.bias
-            row[f"{name} kernel"] = median_ms(
+            timings[f"{name} kernel"] = median_ms(
                 lambda: bitops.ops.packed_linear_int8(q, s, p, ws, b, layer.bits, k, layer.group_size), repeats
             )
-    return row
+            paths[name] = _C.int8_kernel_path(m, layer.bits, ws.shape[1], layer.group_size)
+    macs = m * k * n
+    return [
+        {"M": m, "K": k, "N": n, "threads": torch.get_num_threads(), "kernel": name, "ms": ms,
+         "gmacs": macs / ms / 1e6, "vs_fp32": timings["fp32"] / ms, "vs_int8": timings["int8 fbgemm"] / ms,
+         "path": paths.get(name.split()[0], "") if "kernel" in name else ""}
+        for name, ms in timings.items()
+    ]
+
+
+def thread_scaling(k: int, n: int, repeats: int) -> dict:
+    """W1A8 kernel at M=128: 2-thread throughput over 1-thread throughput, measured back to back."""
+    torch.manual_seed(0)
+    layer = bitops.BinaryLinear.from_linear(torch.nn.Linear(k, n), act_bits=8).freeze()
+    q, s = quantize_per_token_symmetric(torch.randn(128, k))
+    call = lambda: bitops.ops.packed_linear_int8(q, s, layer.packed_weight, layer.weight_scale, None, 1, k, k)  # noqa: E731
+    out = {"K": k, "N": n}
+    for t in (1, 2):
+        pin_threads(t)
+        out[f"ms_{t}t"] = median_ms(call, repeats)
+    pin_threads(1)
+    out["speedup_2t"] = out["ms_1t"] / out["ms_2t"]
+    return out
+
+
+def markdown(records: list[dict], scaling: list[dict], header: str) -> str:
+    lines = [header, "", "| M | K | N | kernel | path | ms | GMAC/s | vs fp32 | vs int8 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['kernel']} | {r['path']} | {r['ms']:.3f} | "
+                     f"{r['gmacs']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |")
+    if scaling:
+        lines += ["", "W1A8 kernel at M=128, 2 threads vs 1:", "", "| K | N | 1 thread ms | 2 threads ms | speed-up |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s['K']} | {s['N']} | {s['ms_1t']:.3f} | {s['ms_2t']:.3f} | {s['speedup_2t']:.2f}x |" for s in scaling]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(BERT_BASE_SHAPES), figsize=(5 * len(BERT_BASE_SHAPES), 4), sharey=True)
+    for ax, (k, n) in zip(axes, BERT_BASE_SHAPES):
+        for kernel in KERNELS:
+            pts = sorted((r["M"], r["gmacs"]) for r in records if (r["K"], r["N"], r["kernel"]) == (k, n, kernel))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kernel)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"K={k} N={n}, 1 thread")
+        ax.set_xlabel("M (tokens)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("GMAC/s")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", default="benchmarks/results/gemm.csv")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--ms", type=int, nargs="+", default=[1, 8, 32, 128])
+    ap.add_argument("--out-dir", default="benchmarks/results")
     args = ap.parse_args(argv)
-    pin_one_thread()
-    rows = [bench_shape(m, k, n, args.repeats) for m, k, n in SHAPES]
-    kernels = [c for c in rows[0] if c not in ("M", "K", "N")]
-
-    print(f"# GEMM, 1 thread pinned, median of {args.repeats}; {platform.processor() or platform.machine()}, "
-          f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
-    head = f"{'M':>4} {'K':>5} {'N':>5}  {'kernel':<12} {'ms':>8} {'GMAC/s':>8} {'vs fp32':>8} {'vs int8':>8}"
-    print(head)
-    print("-" * len(head))
-    records = []
-    for r in rows:
-        macs = r["M"] * r["K"] * r["N"]
-        for kname in kernels:
-            ms = r[kname]
-            rec = {"M": r["M"], "K": r["K"], "N": r["N"], "kernel": kname, "ms": ms,
-                   "gmacs": macs / ms / 1e6, "speedup_vs_fp32": r["fp32"] / ms, "speedup_vs_int8": r["int8 fbgemm"] / ms}
-            records.append(rec)
-            print(f"{r['M']:>4} {r['K']:>5} {r['N']:>5}  {kname:<12} {ms:>8.3f} {rec['gmacs']:>8.1f} "
-                  f"{rec['speedup_vs_fp32']:>7.2f}x {rec['speedup_vs_int8']:>7.2f}x")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
-    print(f"wrote {args.out}")
+    pin_threads(1)
+    records = [r for m in args.ms for k, n in BERT_BASE_SHAPES for r in bench_shape(m, k, n, args.repeats)]
+    scaling = [thread_scaling(k, n, args.repeats) for k, n in BERT_BASE_SHAPES] if len(ALL_CORES) > 1 else []
+    header = (f"GEMM, 1 thread pinned, median of {args.repeats}; {platform.processor() or platform.machine()}, "
+              f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
+    wrote = write_results(args.out_dir, "gemm", records, markdown(records, scaling, header))
+    png = os.path.join(args.out_dir, "gemm.png")
+    print("wrote", ", ".join(wrote + ([png] if plot(records, png) else [])))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ inference.
 
 * ``bitops.pack`` / ``bitops.unpack``: codes <-> packed int32 words (layouts: ``bitops.formats``).
 * ``bitops.BinaryLinear`` / ``bitops.TernaryLinear``: drop-in nn.Linear replacements.
+* ``bitops.BinaryEmbedding``: word embeddings with 1-bit rows and per-row scales.
 * ``bitops.quantize_(model, BinaryConfig())``: swap a model's Linear layers in place.
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
@@ -13,12 +14,13 @@ import torch
 from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
 from ._ops import ops
 from .api import BinaryConfig, TernaryConfig, quantize_
+from .embedding import BinaryEmbedding
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
 from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA kernels from Triton: see bitops.triton)
 
 __all__ = [
-    "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryConfig", "TernaryConfig",
+    "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "BinaryConfig", "TernaryConfig",
     "quantize_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"

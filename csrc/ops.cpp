@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "cpu/isa.h"
+#include "cpu/linear_int8.h"
 #include "schemas.h"
 
 TORCH_LIBRARY(bitops, m) {
@@ -14,7 +15,10 @@ TORCH_LIBRARY(bitops, m) {
 // Python-side knobs of the CPU backend, not ops: which instruction set the CPU kernels use. Tests
 // pin each path in turn; users leave it on "auto" (AVX2 where the CPU has it).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace pybind11::literals;
   m.def("set_cpu_isa", &bitops::cpu::set_isa, "Select the CPU kernels: 'auto', 'avx2' or 'portable'.");
   m.def("cpu_isa", &bitops::cpu::active_isa, "The CPU kernel path in use now: 'avx2' or 'portable'.");
   m.def("cpu_has_avx2", &bitops::cpu::cpu_has_avx2, "Whether this CPU supports AVX2.");
+  m.def("int8_kernel_path", &bitops::cpu::int8_kernel_path, "m"_a, "bits"_a, "groups"_a, "group_size"_a,
+        "The CPU kernel packed_linear_int8 runs for such a call now: 'gemv', 'lut', 'bytes' or 'portable'.");
 }

@@ -6,6 +6,7 @@ import torch
 import bitops
 from bitops import reference as R
 from bitops.quantizers import quantize_weight
+from conftest import cpu_isa
 
 ops = torch.ops.bitops
 MS = [0, 1, 3, 117, 128]
@@ -55,6 +56,41 @@ def test_linear_int8_group_scales_exact(isa, k, group_size, bits):
     bias = torch.randn(37)
     got = ops.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs))
+
+
+def int8_path(m, bits, groups, group_size):
+    return bitops._ops._C.int8_kernel_path(m, bits, groups, group_size)
+
+
+@pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the kernel path rule picks AVX2 kernels; this CPU has none")
+def test_int8_kernel_path_rule():
+    with cpu_isa("avx2"):
+        assert int8_path(1, 1, 1, 768) == "gemv" and int8_path(4, 2, 1, 768) == "gemv"
+        assert int8_path(5, 1, 1, 768) == "lut" and int8_path(128, 1, 1, 768) == "lut"
+        assert int8_path(128, 2, 1, 768) == "bytes"  # 2-bit: two lookups per triple would not pay
+        assert int8_path(128, 1, 6, 128) == "bytes"  # groups: boundaries need not fall on a triple
+        assert int8_path(128, 1, 2, 48) == "portable"  # groups not on 32-code chunks
+    with cpu_isa("portable"):
+        assert int8_path(128, 1, 1, 768) == "portable"
+
+
+# The lookup-table kernel's edges: K around a 96-code span (32 triples) and a 192-code chunk (one int16
+# flush), rows around its 16-row shuffles and 128-row blocks, odd M (the 1-row tail of its 2-row
+# passes), and activations at -128 everywhere (the largest table entries, |3 * -128| per triple).
+@pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the lookup-table kernel is AVX2 code; this CPU has none")
+@pytest.mark.parametrize("k", [1, 95, 96, 97, 191, 192, 193, 385, 3072])
+@pytest.mark.parametrize("m,n", [(5, 1), (6, 15), (7, 16), (8, 17), (33, 127), (64, 128), (9, 129), (17, 300)])
+def test_linear_int8_lut_exact(m, n, k):
+    g = torch.Generator().manual_seed(m * 1009 + n * 13 + k)
+    packed, scale, gs = make_weight(n, k, 1, gen=g)
+    x, xs = make_int8_input(m, k, g, extremes=True)
+    if m > 2:
+        x[1] = -128  # a whole row at the extreme: every table entry is at its largest magnitude
+    bias = torch.randn(n, generator=g)
+    with cpu_isa("avx2"):
+        assert int8_path(m, 1, scale.shape[1], gs) == "lut"
+        got = ops.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs)
+    assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
 def test_linear_int8_noncontiguous_and_sliced(isa):
@@ -151,7 +187,7 @@ def test_results_independent_of_thread_count():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("m,k", [(0, 5), (1, 1), (3, 31), (117, 768), (64, 3072)])
-def test_quantize_rows_int8_exact(m, k, bits, dtype):
+def test_quantize_rows_int8_exact(isa, m, k, bits, dtype):
     x = (torch.randn(m, k) * torch.rand(m, 1) * 10).to(dtype)
     if m > 2:
         x[1] = 0  # all-zero row: scale 1, codes 0
@@ -167,11 +203,21 @@ def test_quantize_rows_int8_exact(m, k, bits, dtype):
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
-def test_quantize_rows_int8_rejects_non_finite(impl):
+def test_quantize_rows_int8_rejects_non_finite(isa, impl):
     fn = ops.quantize_rows_int8 if impl == "kernel" else R.quantize_rows_int8
-    x = torch.randn(4, 8)
-    x[2, 3] = float("nan")
-    with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 2"):
-        fn(x, 8)
+    for col, bad in ((3, float("nan")), (8, float("inf")), (0, -float("inf"))):  # col 8: past the 8-wide steps
+        x = torch.randn(4, 9)
+        x[2, col] = bad
+        with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 2"):
+            fn(x, 8)
     with pytest.raises(ValueError, match=r"bits=3 is not supported for activations; expected 8 or 4"):
         fn(torch.randn(4, 8), 3)
+
+
+def test_quantize_rows_int8_round_half_even(isa):
+    # Rows whose scale is exactly 1 (max 127) and whose other entries sit on exact half steps.
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 3.5, 4.5]])
+    q, s = ops.quantize_rows_int8(x, 8)
+    assert s.item() == 1.0
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126, -126, 4, 4]]
+    assert torch.equal(q, R.quantize_rows_int8(x, 8)[0])

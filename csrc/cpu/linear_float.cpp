@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "../checks.h"
@@ -34,7 +35,12 @@ at::Tensor dequantize_rows(const at::Tensor& w, const at::Tensor& w_scale, int64
                    reinterpret_cast<uint8_t*>(codes.data()));
       const float* s = sp + (n0 + r) * groups;
       float* o = op + r * k;
-      for (int64_t c = 0; c < k; ++c) o[c] = static_cast<float>(codes[c]) * s[c / group_size];
+      // Group by group, so the inner loop has no division and vectorizes.
+      for (int64_t g = 0, c0 = 0; c0 < k; ++g, c0 += group_size) {
+        const int64_t c1 = std::min(k, c0 + group_size);
+        const float sg = s[g];
+        for (int64_t c = c0; c < c1; ++c) o[c] = static_cast<float>(codes[c]) * sg;
+      }
     }
   });
   return out;

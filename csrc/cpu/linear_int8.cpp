@@ -24,6 +24,7 @@
 #include "../checks.h"
 #include "decode.h"
 #include "isa.h"
+#include "linear_int8.h"
 
 namespace bitops::cpu {
 
@@ -35,39 +36,6 @@ constexpr int64_t kStep = 32;          // codes per AVX2 step (one 256-bit regis
 // 2 * 3 * 128 = 768 in magnitude (2-bit u <= 3), and 32 * 768 = 24576 < 32767.
 constexpr int64_t kFlushSteps = 32;
 constexpr int64_t kGemvMaxM = 4;  // up to this many activation rows, expand weights in registers (AVX2)
-
-struct Problem {
-  const int8_t* x;      // (m, kp) zero-padded activations
-  const int32_t* xsum;  // (m, groups) sum of x over each group
-  const float* x_scale;
-  const int32_t* w;  // (n, nw) packed
-  const float* w_scale;  // (n, groups)
-  const float* bias;     // (n,) or nullptr
-  float* y;              // (m, n)
-  int64_t m, n, k, kp, nw, groups, group_size;
-  int bits;
-};
-
-// Group g covers codes [begin, end); the last group runs to kp, over zero-padded activations.
-inline int64_t group_begin(const Problem& p, int64_t g) { return g * p.group_size; }
-inline int64_t group_end(const Problem& p, int64_t g) {
-  return g + 1 == p.groups ? p.kp : std::min(p.kp, (g + 1) * p.group_size);
-}
-
-inline int32_t signed_dot(const Problem& p, int32_t u_dot_x, int32_t xsum) {
-  return p.bits == 1 ? 2 * u_dot_x - xsum : u_dot_x - 2 * xsum;
-}
-
-// The float epilogue, operation by operation as in the reference (compiled with -ffp-contract=off).
-inline float add_group(float y, int64_t g, int32_t acc, float w_scale) {
-  const float t = static_cast<float>(acc) * w_scale;
-  return g == 0 ? t : y + t;
-}
-inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
-  y = y * p.x_scale[i];
-  if (p.bias) y = y + p.bias[j];
-  return y;
-}
 
 void decode_block(const Problem& p, int64_t n0, int64_t rows, uint8_t* u) {
   const int64_t filled = p.nw * (32 / p.bits);
@@ -316,22 +284,28 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
             w_scale.data_ptr<float>(), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
             m, n, k, kp, w.size(1), groups, group_size, static_cast<int>(bits)};
 
-  // The AVX2 tiles step over whole 32-code chunks, so groups must start on one (or be a single group).
-  const bool avx2 = use_avx2() && (groups == 1 || group_size % kStep == 0);
+  const std::string path = int8_kernel_path(m, bits, groups, group_size);
+#if BITOPS_X86
+  if (path == "lut") {
+    lut_gemm_avx2(p);
+    return y;
+  }
+  if (path == "gemv") {
+    at::parallel_for(0, (n + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b0, int64_t b1) {
+      gemv_avx2(p, b0 * kRowsPerBlock, std::min(n, b1 * kRowsPerBlock));
+    });
+    return y;
+  }
+#endif
+  const bool bytes_avx2 = path == "bytes";
   const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<uint8_t> u(avx2 && m <= kGemvMaxM ? 0 : kRowsPerBlock * kp);
+    std::vector<uint8_t> u(kRowsPerBlock * kp);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, n - n0);
-#if BITOPS_X86
-      if (avx2 && p.m <= kGemvMaxM) {
-        gemv_avx2(p, n0, n0 + rows);
-        continue;
-      }
-#endif
       decode_block(p, n0, rows, u.data());
 #if BITOPS_X86
-      if (avx2) {
+      if (bytes_avx2) {
         block_avx2(p, n0, rows, u.data());
         continue;
       }
@@ -339,11 +313,23 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
       block_portable(p, n0, rows, u.data());
     }
   });
-  (void)avx2;
+  (void)bytes_avx2;
   return y;
 }
 
 }  // namespace
+
+std::string int8_kernel_path(int64_t m, int64_t bits, int64_t groups, int64_t group_size) {
+  if (!use_avx2()) return "portable";
+  // The AVX2 kernels step over whole 32-code chunks, so groups must start on one (or be one group).
+  if (groups != 1 && group_size % kStep != 0) return "portable";
+  if (m <= kGemvMaxM) return "gemv";
+  // Tables pay off once several activation rows share the per-block index build; they hold one
+  // group per row (a group boundary would have to fall on a triple) and 1-bit codes (2-bit codes
+  // would take two lookups per triple, which is no faster than the byte kernel's vpmaddubsw).
+  if (bits == 1 && groups == 1) return "lut";
+  return "bytes";
+}
 
 TORCH_LIBRARY_IMPL(bitops, CPU, m) { m.impl("packed_linear_int8", &packed_linear_int8_cpu); }
 

@@ -1,0 +1,91 @@
+"""End-to-end CPU latency of a real 6-layer BERT (all-MiniLM-L6-v2, the embedded teacher base) in
+three forms, measured in one run, one thread pinned, medians:
+
+  fp32         the transformers BertModel as loaded
+  int8 fbgemm  torch.ao.quantization.quantize_dynamic of every nn.Linear (qint8 weights, dynamic
+               int8 activations): what a user gets from PyTorch today
+  W1A8 packed  every encoder nn.Linear swapped for a frozen bitops.BinaryLinear (1-bit packed weights,
+               8-bit per-token activations): the same modules a kd/ student exports
+
+at batch 1 x 128 and 32 x 128 tokens of real text. Also reports how close the packed model's outputs
+are to the fake-quant model's (the same quantizers with dense float math), as in `make demo`.
+Writes CSV, markdown and (with matplotlib) a PNG bar chart.
+Usage: python benchmarks/bench_e2e.py [--batches 1 32] [--seq-len 128] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+
+import torch
+
+import bitops
+from bitops._timing import median_ms
+from bitops.demo import SENTENCES, encoder_linear, model_dir
+from _report import pin_threads, write_results
+
+
+def build_models():
+    from transformers import AutoTokenizer, BertModel
+
+    path = model_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    fp32 = BertModel.from_pretrained(path).eval()
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    packed = bitops.quantize_(copy.deepcopy(fp32), bitops.BinaryConfig(act_bits=8), filter_fn=encoder_linear)
+    for m in packed.modules():
+        if isinstance(m, bitops.BinaryLinear):
+            m.freeze()
+    return tok, {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile(W1A8 packed) (fullgraph; the first call compiles, ~1 min)")
+    args = ap.parse_args(argv)
+    pin_threads(1)
+    torch.manual_seed(0)
+    tok, models = build_models()
+    if args.compile:
+        models["W1A8 packed, compiled"] = torch.compile(models["W1A8 packed"], fullgraph=True)
+    records = []
+    for b in args.batches:
+        texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
+        batch = tok(texts, padding="max_length", truncation=True, max_length=args.seq_len, return_tensors="pt")
+        with torch.inference_mode():
+            times = {name: median_ms(lambda: model(**batch), repeats=args.repeats) for name, model in models.items()}
+        for name, ms in times.items():
+            records.append({"batch": b, "seq_len": args.seq_len, "model": name, "ms": ms,
+                            "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms})
+    lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats}, torch {torch.__version__}, "
+             f"bitops CPU path {bitops.cpu_isa()}", "", "| batch x tokens | model | ms | vs fp32 | vs int8 |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |"
+              for r in records]
+    write_results(args.out_dir, "e2e", records, "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(args.batches), figsize=(4.5 * len(args.batches), 3.5))
+        for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
+            rs = [r for r in records if r["batch"] == b]
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8"][: len(rs)])
+            ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
+            ax.set_ylabel("ms")
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out_dir, "e2e.png"), dpi=110)
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""``BinaryEmbedding``: a word-embedding table with 1-bit rows and one scale per row (XTC's and
+BinaryBERT's word-embedding quantizer: ``sign(w_row) * mean|w_row|``).
+
+Two states, one arithmetic, as the packed Linear layers (:mod:`bitops.nn`):
+
+* training (default): the layer keeps latent float rows. A lookup gathers the selected rows and
+  binarizes only those (the scale is per row, so binarizing a row needs nothing but the row);
+  backward is the identity straight-through estimate into the gathered latent rows.
+* frozen (:meth:`freeze`): the latent table is dropped; the buffers are the rows packed in the
+  ``SIGN1`` format (int32 words along the embedding dimension, :mod:`bitops.formats`) and a
+  float32 scale per row. A lookup unpacks only the selected rows. It returns bit-for-bit what the
+  training layer returned: both compute ``float32(code) * scale`` for the same codes and scales.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import quantizers as Q
+from ._ops import ops
+from .formats import PackFormat
+
+STATE_VERSION = 1
+
+
+class BinaryEmbedding(nn.Module):
+    """Embedding (num_embeddings, embedding_dim) with 1-bit rows and per-row float32 scales.
+
+    Input: integer ids of any shape; output: float32 (or the latent dtype while training) of shape
+    ``ids.shape + (embedding_dim,)``. ``padding_idx`` is kept for compatibility with nn.Embedding:
+    its row receives no gradient while training.
+    """
+
+    weight_format = PackFormat.SIGN1
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r}; expected a positive int")
+        if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
+            raise ValueError(f"padding_idx={padding_idx!r}; expected None or an index in [-{num_embeddings}, {num_embeddings})")
+        if padding_idx is not None and padding_idx < 0:
+            padding_idx += num_embeddings
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.frozen = False
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.normal_(self.weight)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.weight[padding_idx].zero_()
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding) -> "BinaryEmbedding":
+        """A layer with ``emb``'s table (copied) as latent rows, on its device and dtype."""
+        if not isinstance(emb, nn.Embedding):
+            raise TypeError(f"emb is a {type(emb).__name__}; expected torch.nn.Embedding")
+        layer = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=emb.weight.device, dtype=emb.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(emb.weight)
+        return layer
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"ids has dtype {ids.dtype}; expected torch.int64 or torch.int32")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise ValueError(
+                f"ids hold values in [{int(ids.min())}, {int(ids.max())}]; expected ids in [0, {self.num_embeddings})"
+            )
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self._check_ids(ids)
+        flat = ids.reshape(-1)
+        if self.frozen:
+            codes = ops.unpack_bits(self.packed_weight.index_select(0, flat), 1, self.embedding_dim)
+            rows = codes.to(torch.float32) * self.weight_scale.index_select(0, flat)
+        else:
+            latent = nn.functional.embedding(flat, self.weight, self.padding_idx)
+            rows = Q.WeightSTE.apply(latent, 1, "row", None) if flat.numel() else latent
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+    @torch.no_grad()
+    def packed_weight_and_scale(self):
+        """(packed int32 (V, ceil(D/32)), scale float32 (V, 1)) of the current table."""
+        if self.frozen:
+            return self.packed_weight, self.weight_scale
+        codes, scale, _ = Q.quantize_weight(self.weight, 1, "row")
+        return ops.pack_bits(codes, 1), scale
+
+    def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
+        if "weight" in self._parameters:
+            del self._parameters["weight"]
+        self.register_buffer("packed_weight", packed)
+        self.register_buffer("weight_scale", scale)
+        self.frozen = True
+
+    @torch.no_grad()
+    def freeze(self) -> "BinaryEmbedding":
+        """Drop the latent table, keep packed rows and scales as buffers. Returns self."""
+        if not self.frozen:
+            self._frozen_buffers(*self.packed_weight_and_scale())
+        return self
+
+    def get_extra_state(self):
+        return {
+            "version": STATE_VERSION,
+            "format": self.weight_format.value,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "frozen": self.frozen,
+        }
+
+    def set_extra_state(self, state) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"binary-embedding state version {got!r}; expected {STATE_VERSION}")
+        mine = self.get_extra_state()
+        for key in ("format", "num_embeddings", "embedding_dim"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"state_dict was saved from an embedding with {key}={state.get(key)!r}; this one has {key}={mine[key]!r}")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A frozen state_dict loads into a training layer too: it takes the frozen layout first.
+        if prefix + "packed_weight" in state_dict and not self.frozen:
+            device = self.weight.device
+            self._frozen_buffers(
+                torch.empty_like(state_dict[prefix + "packed_weight"], device=device),
+                torch.empty_like(state_dict[prefix + "weight_scale"], device=device),
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
+            f"weight={self.weight_format.value} (1-bit, per row), frozen={self.frozen}"
+        )

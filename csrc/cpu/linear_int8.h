@@ -1,0 +1,57 @@
+// Shared by the two CPU int8 GEMM files: the problem description, the exact integer-to-float
+// epilogue of bitops/reference.py, and the lookup-table kernel's entry points.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "isa.h"
+
+namespace bitops::cpu {
+
+struct Problem {
+  const int8_t* x;      // (m, kp) zero-padded activations
+  const int32_t* xsum;  // (m, groups) sum of x over each group
+  const float* x_scale;
+  const int32_t* w;  // (n, nw) packed
+  const float* w_scale;  // (n, groups)
+  const float* bias;     // (n,) or nullptr
+  float* y;              // (m, n)
+  int64_t m, n, k, kp, nw, groups, group_size;
+  int bits;
+};
+
+// Group g covers codes [begin, end); the last group runs to kp, over zero-padded activations.
+inline int64_t group_begin(const Problem& p, int64_t g) { return g * p.group_size; }
+inline int64_t group_end(const Problem& p, int64_t g) {
+  return g + 1 == p.groups ? p.kp : std::min(p.kp, (g + 1) * p.group_size);
+}
+
+inline int32_t signed_dot(const Problem& p, int32_t u_dot_x, int32_t xsum) {
+  return p.bits == 1 ? 2 * u_dot_x - xsum : u_dot_x - 2 * xsum;
+}
+
+// The float epilogue, operation by operation as in the reference (compiled with -ffp-contract=off).
+inline float add_group(float y, int64_t g, int32_t acc, float w_scale) {
+  const float t = static_cast<float>(acc) * w_scale;
+  return g == 0 ? t : y + t;
+}
+inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
+  y = y * p.x_scale[i];
+  if (p.bias) y = y + p.bias[j];
+  return y;
+}
+
+// --- Lookup-table W1A8 kernel (linear_int8_lut.cpp): AVX2, 1-bit codes, one scale group per row.
+#if BITOPS_X86
+void lut_gemm_avx2(const Problem& p);
+#endif
+
+// Which CPU kernel packed_linear_int8 runs for a call: "gemv" (AVX2, weights expanded in registers,
+// small M), "lut" (AVX2 lookup tables, 1 bit, one scale per row), "bytes" (AVX2, weights decoded to
+// bytes per row block) or "portable". One rule, used by the op and reported to the tests.
+std::string int8_kernel_path(int64_t m, int64_t bits, int64_t groups, int64_t group_size);
+
+}  // namespace bitops::cpu

@@ -1,0 +1,233 @@
+// W1A8 by table lookup (AVX2): the kernel that goes past the int8 roof on CPUs without VNNI.
+//
+// Why: expanding 1-bit weights to bytes and multiplying with vpmaddubsw costs what an int8 GEMM costs
+// (32 multiply-adds per vpmaddubsw). A lookup does more work per instruction: for every triple of
+// activations (x0, x1, x2) of an activation row, the 8 subset sums
+//     T[j] = bit0(j)*x0 + bit1(j)*x1 + bit2(j)*x2,   j = the 3 weight bits of a row over that triple,
+// fit in int16 (|T| <= 384), so the whole table is 16 bytes: one 128-bit lane. One vpshufb then
+// looks up 16 weight rows at once (byte indices 2j and 2j+1 fetch the low and high byte of T[j]),
+// 48 multiply-adds per shuffle, and a vpaddw accumulates them. With u = bit in {0, 1} the signed dot
+// is 2 * sum(u * x) - sum(x), the identity the byte kernel uses too, so the result is the same exact
+// integer and the same float epilogue as bitops/reference.py.
+//
+// Data flow of one call:
+//   - tables (M, T, 8) int16 are built once per call from the int8 activations (T = triples of K,
+//     padded to whole 96-bit spans = 3 packed words = 32 triples; activations past K read as 0);
+//   - per block of kLutRowBlock weight rows and chunk of kChunkTriples triples, the shuffle indices
+//     (one int16 per row and triple: low byte 2j, high byte 2j+1) are built from the canonical packed
+//     words into an L1-resident scratch and reused by every activation row;
+//   - int16 accumulators take kChunkTriples lookups (64 * 384 = 24576 < 32767), then are widened
+//     into int32 totals.
+// The canonical packing format (bitops/formats.py) is read directly: building the indices is a
+// transpose of the packed bits done once per block and amortized over the M activation rows, so no
+// second weight layout has to be kept next to the packed weights.
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <utility>
+
+#include "isa.h"
+#include "linear_int8.h"
+
+#if BITOPS_X86
+#include <immintrin.h>
+#endif
+
+namespace bitops::cpu {
+
+namespace {
+constexpr int64_t kSpanWords = 3;       // 96 bits: the smallest run of whole words holding whole triples
+constexpr int64_t kSpanTriples = 32;
+constexpr int64_t kChunkTriples = 64;   // lookups per int16 flush
+constexpr int64_t kSubRows = 16;        // rows per shuffle: 16 int16 lanes of a ymm
+constexpr int64_t kLutRowBlock = 128;   // weight rows per block: one index build serves all its rows
+constexpr int64_t kLutRowsM = 64;       // activation rows per block of tables
+constexpr int kSubBlocks = kLutRowBlock / kSubRows;
+constexpr int kSubBlocksPerPass = 4;  // index vectors held in registers by lookup_chunk
+static_assert(kLutRowBlock % (kSubRows * kSubBlocksPerPass) == 0);
+
+// The tables of activation rows [i0, i1), stored chunk-major, (chunks, i1 - i0, kChunkTriples, 8): the
+// tables one chunk of a weight-row block reads for every activation row are one contiguous stream.
+struct Tables {
+  std::vector<int16_t> data;
+  int64_t i0, rows;
+  const int16_t* at(int64_t chunk, int64_t i) const {
+    return data.data() + (chunk * rows + (i - i0)) * kChunkTriples * 8;
+  }
+};
+
+int64_t lut_triples(int64_t nw) { return (nw + kSpanWords - 1) / kSpanWords * kSpanTriples; }
+
+Tables build_tables(const Problem& p, int64_t i0, int64_t i1) {
+  const int64_t t_count = lut_triples(p.nw);
+  const int64_t chunks = (t_count + kChunkTriples - 1) / kChunkTriples;
+  Tables tab{std::vector<int16_t>(static_cast<size_t>(chunks * (i1 - i0) * kChunkTriples * 8)), i0, i1 - i0};
+  at::parallel_for(i0, i1, 8, [&](int64_t r0, int64_t r1) {  // runs inline when called in a parallel region
+    for (int64_t i = r0; i < r1; ++i) {
+      const int8_t* x = p.x + i * p.kp;
+      for (int64_t t = 0; t < t_count; ++t) {
+        const int64_t c = 3 * t;  // activations past kp (the padded K) are zero
+        const int16_t a = c < p.kp ? x[c] : 0, b = c + 1 < p.kp ? x[c + 1] : 0, d = c + 2 < p.kp ? x[c + 2] : 0;
+        int16_t* e = const_cast<int16_t*>(tab.at(t / kChunkTriples, i)) + 8 * (t % kChunkTriples);
+        e[0] = 0, e[1] = a, e[2] = b, e[3] = a + b;
+        e[4] = d, e[5] = a + d, e[6] = b + d, e[7] = a + b + d;
+      }
+    }
+  });
+  return tab;
+}
+
+#if BITOPS_X86
+
+// Triple T of a span sits at bits 3T .. 3T+2; two of the 32 straddle a word boundary. A template per
+// triple so that every shift count is a constant.
+template <int T>
+BITOPS_TARGET_AVX2 inline void span_triple(const __m256i* lo, const __m256i* hi, __m256i* idx) {
+  constexpr int bit = 3 * T, w = bit / 32, o = bit % 32;
+  const __m256i three_bits = _mm256_set1_epi32(7);
+  __m256i jl = _mm256_srli_epi32(lo[w], o), jh = _mm256_srli_epi32(hi[w], o);
+  if constexpr (o > 29) {
+    jl = _mm256_or_si256(jl, _mm256_slli_epi32(lo[w + 1], 32 - o));
+    jh = _mm256_or_si256(jh, _mm256_slli_epi32(hi[w + 1], 32 - o));
+  }
+  jl = _mm256_and_si256(jl, three_bits);
+  jh = _mm256_and_si256(jh, three_bits);
+  // packs interleaves 128-bit lanes (rows 0-3, 8-11, 4-7, 12-15); the permute restores row order.
+  const __m256i j16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(jl, jh), 0xD8);
+  // int16 lane = bytes (2j, 2j + 1): j * 0x0202 + 0x0100.
+  idx[T] = _mm256_add_epi16(_mm256_mullo_epi16(j16, _mm256_set1_epi16(0x0202)), _mm256_set1_epi16(0x0100));
+}
+
+template <int... T>
+BITOPS_TARGET_AVX2 inline void span_triples(const __m256i* lo, const __m256i* hi, __m256i* idx,
+                                            std::integer_sequence<int, T...>) {
+  (span_triple<T>(lo, hi, idx), ...);
+}
+
+// The shuffle indices of 16 weight rows for the 32 triples of span `s`: idx[t] holds, for row r in
+// int16 lane r, the bytes (2j, 2j + 1). Rows at or past n and words at or past nw read as 0 (j = 0,
+// T[0] = 0; such rows are never stored).
+BITOPS_TARGET_AVX2 void build_span_indices(const Problem& p, int64_t row0, int64_t s, __m256i* idx) {
+  alignas(32) int32_t words[kSpanWords][kSubRows];
+  for (int64_t w = 0; w < kSpanWords; ++w) {
+    const int64_t col = s * kSpanWords + w;
+    for (int64_t r = 0; r < kSubRows; ++r) {
+      const int64_t row = row0 + r;
+      words[w][r] = row < p.n && col < p.nw ? p.w[row * p.nw + col] : 0;
+    }
+  }
+  __m256i lo[kSpanWords], hi[kSpanWords];  // rows 0-7 and 8-15 of each word
+  for (int w = 0; w < kSpanWords; ++w) {
+    lo[w] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&words[w][0]));
+    hi[w] = _mm256_load_si256(reinterpret_cast<const __m256i*>(&words[w][8]));
+  }
+  span_triples(lo, hi, idx, std::make_integer_sequence<int, kSpanTriples>{});
+}
+
+// Adds the 16 int16 lane totals of `acc` to the int32 totals of rows [0, 16) at `total`.
+BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total) {
+  __m256i* t = reinterpret_cast<__m256i*>(total);
+  const __m256i a = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
+  const __m256i b = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
+  _mm256_storeu_si256(t, _mm256_add_epi32(_mm256_loadu_si256(t), a));
+  _mm256_storeu_si256(t + 1, _mm256_add_epi32(_mm256_loadu_si256(t + 1), b));
+}
+
+// sum(u * x) over `count` triples for MR activation rows (tables t0, t1) x 4 sub-blocks of 16 weight
+// rows. Each index vector is loaded once and used by MR shuffles: with one row per pass the loads
+// (one per shuffle) and not the shuffles bounded the loop. Accumulators are named so that GCC keeps
+// them, the tables and the indices in registers (4 * MR + MR + 1 of 16 ymm).
+template <int MR>
+BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1, const __m256i* idx, int64_t count,
+                                            int32_t* total0, int32_t* total1) {
+  static_assert(MR == 1 || MR == 2);
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  for (int64_t t = 0; t < count; ++t) {
+    const __m256i* ix = idx + t;
+    const __m256i i0 = _mm256_load_si256(ix), i1 = _mm256_load_si256(ix + kChunkTriples);
+    const __m256i i2 = _mm256_load_si256(ix + 2 * kChunkTriples), i3 = _mm256_load_si256(ix + 3 * kChunkTriples);
+    const __m256i ta = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t0 + 8 * t)));
+    a0 = _mm256_add_epi16(a0, _mm256_shuffle_epi8(ta, i0));
+    a1 = _mm256_add_epi16(a1, _mm256_shuffle_epi8(ta, i1));
+    a2 = _mm256_add_epi16(a2, _mm256_shuffle_epi8(ta, i2));
+    a3 = _mm256_add_epi16(a3, _mm256_shuffle_epi8(ta, i3));
+    if constexpr (MR == 2) {
+      const __m256i tb = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t1 + 8 * t)));
+      b0 = _mm256_add_epi16(b0, _mm256_shuffle_epi8(tb, i0));
+      b1 = _mm256_add_epi16(b1, _mm256_shuffle_epi8(tb, i1));
+      b2 = _mm256_add_epi16(b2, _mm256_shuffle_epi8(tb, i2));
+      b3 = _mm256_add_epi16(b3, _mm256_shuffle_epi8(tb, i3));
+    }
+  }
+  widen_add(a0, total0 + 0 * kSubRows);
+  widen_add(a1, total0 + 1 * kSubRows);
+  widen_add(a2, total0 + 2 * kSubRows);
+  widen_add(a3, total0 + 3 * kSubRows);
+  if constexpr (MR == 2) {
+    widen_add(b0, total1 + 0 * kSubRows);
+    widen_add(b1, total1 + 1 * kSubRows);
+    widen_add(b2, total1 + 2 * kSubRows);
+    widen_add(b3, total1 + 3 * kSubRows);
+  }
+}
+
+// Activation rows [tab.i0, tab.i0 + tab.rows) times weight rows [n0, n0 + kLutRowBlock) (clipped at n).
+BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
+  const int64_t t_count = lut_triples(p.nw), i0 = tab.i0, i1 = tab.i0 + tab.rows;
+  // Per call: the indices of one chunk (kSubBlocks x kChunkTriples ymm = 16 KiB, stays in L1) and the
+  // int32 totals of this block (kLutRowsM x kLutRowBlock x 4 B = 32 KiB at most).
+  alignas(32) __m256i idx[kSubBlocks * kChunkTriples];
+  thread_local std::vector<int32_t> totals;
+  totals.assign(static_cast<size_t>(tab.rows * kLutRowBlock), 0);
+  for (int64_t t0 = 0; t0 < t_count; t0 += kChunkTriples) {
+    const int64_t c = t0 / kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
+    for (int sb = 0; sb < kSubBlocks; ++sb)
+      for (int64_t ts = 0; ts < count; ts += kSpanTriples)
+        build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
+    for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
+      const __m256i* ix = idx + sb * kChunkTriples;
+      int64_t i = i0;
+      for (; i + 2 <= i1; i += 2) {
+        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
+        lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + kLutRowBlock);
+      }
+      if (i < i1) {
+        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
+        lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, tot, nullptr);
+      }
+    }
+  }
+  const int64_t rows = std::min(kLutRowBlock, p.n - n0);
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t j = n0 + r;
+      const int32_t acc = signed_dot(p, totals[(i - i0) * kLutRowBlock + r], p.xsum[i]);
+      p.y[i * p.n + j] = finish(p, add_group(0.f, 0, acc, p.w_scale[j]), i, j);
+    }
+}
+
+}  // namespace
+
+// Scheduling: activation rows go in blocks of kLutRowsM, whose tables (kLutRowsM x K/3 x 16 B: 256 KiB at
+// K = 768) stay in L2 while every weight-row block reads them. With enough row blocks for the threads,
+// each thread takes whole activation-row blocks; otherwise the tables of all rows are built once and
+// the threads share out the weight-row blocks.
+BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
+  const int64_t m_blocks = (p.m + kLutRowsM - 1) / kLutRowsM, n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock;
+  if (m_blocks > 1 && m_blocks >= at::get_num_threads()) {
+    at::parallel_for(0, m_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const Tables tab = build_tables(p, b * kLutRowsM, std::min(p.m, (b + 1) * kLutRowsM));
+        for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+      }
+    });
+    return;
+  }
+  const Tables tab = build_tables(p, 0, p.m);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+  });
+}
+#endif
+
+}  // namespace bitops::cpu

@@ -1,0 +1,252 @@
+"""``bitbert``: fine-tune a teacher, distill a 1-bit student with XTC, evaluate, export, predict.
+
+    bitbert teacher --out runs/teacher                       # MR by default; --train-file... or --glue-task
+    bitbert distill --pipeline xtc --teacher runs/teacher --out runs/xtc --student-layers 3
+    bitbert eval    --model runs/xtc/export --split test
+    bitbert export  --student runs/xtc/1bit-student --out runs/export
+    echo "a charming film" | bitbert predict --model runs/xtc/export
+
+Multi-process data parallel: ``torchrun --nproc_per_node N -m kd.cli teacher ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from . import trainer as T
+from .data import DataError, TaskData, load_files, load_glue, load_mr
+from .losses import KDWeights
+from .models import QuantSpec
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (default: the embedded MR movie-review task)")
+    g.add_argument("--train-file", help="CSV, TSV or JSONL training file (with --dev-file)")
+    g.add_argument("--dev-file", help="CSV, TSV or JSONL dev file")
+    g.add_argument("--test-file", help="CSV, TSV or JSONL test file (optional)")
+    g.add_argument("--text-column", default="text")
+    g.add_argument("--text-pair-column", default=None, help="second text column of sentence-pair tasks")
+    g.add_argument("--label-column", default="label")
+    g.add_argument("--task-type", choices=("classification", "regression"), default="classification")
+    g.add_argument("--glue-task", help="a GLUE task through the `datasets` library (needs a hub): sst2, mrpc, ...")
+    g.add_argument("--cache-dir", default=None, help="where MR is fetched to (default .cache or $BITBERT_CACHE)")
+    g.add_argument("--max-train", type=int, default=0, help="use only the first N training examples (0: all)")
+    g.add_argument("--max-eval", type=int, default=0, help="use only the first N dev/test examples (0: all)")
+
+
+def _train_args(p: argparse.ArgumentParser, prefix: str = "", **defaults) -> None:
+    d = {**{"epochs": 3.0, "lr": 5e-5, "warmup": 0.1}, **defaults}
+    dash = f"--{prefix}-" if prefix else "--"
+    g = p.add_argument_group(f"{prefix or 'training'} schedule")
+    g.add_argument(f"{dash}epochs", type=float, default=d["epochs"])
+    g.add_argument(f"{dash}max-steps", type=int, default=0, help="overrides epochs when > 0")
+    g.add_argument(f"{dash}lr", type=float, default=d["lr"])
+    g.add_argument(f"{dash}warmup", type=float, default=d["warmup"], help="fraction of the steps")
+
+
+def _common_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations (0: once per epoch)")
+    g.add_argument("--save-every", type=int, default=0, help="steps between checkpoints (0: at each evaluation)")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train_config(a, prefix: str = "") -> T.TrainConfig:
+    get = (lambda k: getattr(a, f"{prefix}_{k}")) if prefix else (lambda k: getattr(a, k))
+    return T.TrainConfig(
+        epochs=get("epochs"), max_steps=get("max_steps"), lr=get("lr"), warmup=get("warmup"),
+        batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, weight_decay=a.weight_decay,
+        max_grad_norm=a.max_grad_norm, eval_every=a.eval_every, save_every=a.save_every, seed=a.seed,
+        device=a.device, progress=not a.no_progress,
+    )
+
+
+def load_task(a) -> TaskData:
+    if a.glue_task:
+        data = load_glue(a.glue_task)
+    elif a.train_file or a.dev_file:
+        if not (a.train_file and a.dev_file):
+            raise DataError("--train-file and --dev-file go together; expected both")
+        data = load_files(a.train_file, a.dev_file, a.test_file, a.text_column, a.label_column, a.text_pair_column, a.task_type)
+    else:
+        data = load_mr(a.cache_dir)
+    if a.max_train:
+        data.train = data.train[: a.max_train]
+    if getattr(a, "max_eval", 0):
+        data.dev, data.test = data.dev[: a.max_eval], data.test[: a.max_eval]
+    return data
+
+
+def _int_list(s: str) -> List[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}; expected comma-separated layer indices like 1,3,5") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bitbert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("teacher", help="fine-tune a BERT base into the task teacher")
+    t.add_argument("--base", default=None, help="HF BERT folder (default: the embedded all-MiniLM-L6-v2)")
+    t.add_argument("--out", required=True, help="output folder of the teacher")
+    _data_args(t)
+    _train_args(t)
+    _common_train_args(t)
+
+    d = sub.add_parser("distill", help="distill a quantized student from a teacher")
+    d.add_argument("--pipeline", choices=("xtc",), default="xtc")
+    d.add_argument("--teacher", required=True, help="fine-tuned teacher folder (from `bitbert teacher` or HF with kd_task.json)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--student-layers", type=int, default=0, help="layer reduction to N layers by XTC's skip rule (0: no reduction)")
+    d.add_argument("--teacher-layers", type=_int_list, default=None, help="explicit layer map, e.g. 1,3,5")
+    for fam in ("attention", "ffn1", "ffn2"):
+        d.add_argument(f"--{fam}-bits", type=int, choices=(1, 2), default=1, help=f"{fam} weights: 1 (binary) or 2 (ternary)")
+    d.add_argument("--embedding-bits", choices=("1", "float"), default="1", help="word embeddings: 1-bit rows or float")
+    d.add_argument("--act-bits", type=int, choices=(8, 4), default=8)
+    d.add_argument("--granularity", choices=("row", "tensor"), default="row", help="weight scale per output row (default: closest to FP32, free at run time) or per matrix (XTC's choice)")
+    d.add_argument("--kd-logits", type=float, default=1.0, help="weight of the logits soft-CE (MSE for regression); XTC: 1")
+    d.add_argument("--kd-attention", type=float, default=1.0, help="weight of the attention-score MSE; XTC: 1")
+    d.add_argument("--kd-hidden", type=float, default=1.0, help="weight of the hidden-state MSE; XTC: 1")
+    d.add_argument("--temperature", type=float, default=1.0, help="soft-CE temperature; XTC: 1")
+    _data_args(d)
+    # XTC's schedule (DeepSpeedExamples compression/bert): 18 epochs, 1 warm-up epoch, lr 5e-5, for
+    # both stages (its FP32 reduction run is 36 epochs on MNLI/QQP).
+    _train_args(d, "fp32", epochs=18.0, lr=5e-5, warmup=1 / 18)
+    _train_args(d, "quant", epochs=18.0, lr=5e-5, warmup=1 / 18)
+    _common_train_args(d)
+
+    e = sub.add_parser("eval", help="evaluate a teacher, FP32 student or exported model")
+    e.add_argument("--model", required=True, help="HF folder (teacher / fp32-student) or export folder")
+    e.add_argument("--split", choices=("dev", "test"), default="dev")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--max-length", type=int, default=0, help="0: the length the model was trained with")
+    _data_args(e)
+
+    x = sub.add_parser("export", help="freeze and pack a distilled student into an export folder")
+    x.add_argument("--student", required=True, help="the 1bit-student folder written by `bitbert distill`")
+    x.add_argument("--out", required=True)
+
+    r = sub.add_parser("predict", help="classify text lines from a file or stdin with an exported model")
+    r.add_argument("--model", required=True, help="export folder")
+    r.add_argument("--input", default="-", help="text file, one example per line (default: stdin)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--max-length", type=int, default=128)
+    return p
+
+
+def cmd_teacher(a) -> None:
+    from .models import teacher_base_path
+    from .pipelines import finetune_teacher
+
+    data = load_task(a)
+    res = finetune_teacher(data, a.base or teacher_base_path(), a.out, _train_config(a), a.max_length, a.resume)
+    print(f"teacher saved to {a.out}; best dev: {res['best']}")
+
+
+def cmd_distill(a) -> None:
+    from .pipelines import XTCConfig, xtc
+
+    spec = QuantSpec(attention=a.attention_bits, ffn1=a.ffn1_bits, ffn2=a.ffn2_bits,
+                     embedding_bits=1 if a.embedding_bits == "1" else None, act_bits=a.act_bits, granularity=a.granularity)
+    cfg = XTCConfig(
+        student_layers=a.student_layers, teacher_layers=a.teacher_layers, spec=spec,
+        weights=KDWeights(a.kd_logits, a.kd_attention, a.kd_hidden, a.temperature),
+        fp32=_train_config(a, "fp32"), quant=_train_config(a, "quant"), max_length=a.max_length,
+    )
+    data = load_task(a)
+    res = xtc(data, a.teacher, a.out, cfg, a.resume)
+    if "fp32" in res:
+        print(f"FP32 student best dev: {res['fp32']['best']}")
+    print(f"quantized student best dev: {res['quant']['best']}; export: {res.get('export')}")
+
+
+def load_any(path: str):
+    """(model, tokenizer, task info) from an export folder or an HF folder with kd_task.json."""
+    from transformers import AutoTokenizer
+
+    from .export import CONFIG_FILE, load_exported
+    from .models import load_classifier
+    from .pipelines import read_task_info
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder; expected an export folder or a model folder from `bitbert teacher`/`distill`")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        model, tok, meta = load_exported(path)
+        return model, tok, meta["task"]
+    return load_classifier(path).eval(), AutoTokenizer.from_pretrained(path), read_task_info(path)
+
+
+def cmd_eval(a) -> None:
+    from .data import Encoded
+    from .trainer import evaluate
+
+    model, tok, info = load_any(a.model)
+    data = load_task(a)
+    max_length = a.max_length or info.get("max_length", 128)
+    enc = Encoded(data.split(a.split), tok, max_length, data.task_type)
+    scores = evaluate(model, enc, data.task_type, a.batch_size)
+    print(f"{a.model} on {data.name} {a.split} ({len(enc)} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+def cmd_export(a) -> None:
+    from .export import export_student
+    from .pipelines import load_student_dir
+
+    model, spec, tok, info = load_student_dir(a.student)
+    path = export_student(model, spec, tok, a.out, info, info.get("layer_map"))
+    print(f"exported to {path}")
+
+
+def cmd_predict(a) -> None:
+    import torch
+
+    from .export import load_exported
+
+    model, tok, meta = load_exported(a.model)
+    stream = sys.stdin if a.input == "-" else open(a.input, encoding="utf-8", errors="strict")
+    with stream:
+        lines = [line.rstrip("\n") for line in stream if line.strip()]
+    labels = meta["task"].get("labels") or []
+    for start in range(0, len(lines), a.batch_size):
+        chunk = lines[start:start + a.batch_size]
+        enc = tok(chunk, truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}).logits
+        for text, row in zip(chunk, logits):
+            if meta["task"]["task_type"] == "regression":
+                print(f"{float(row[0]):.4f}\t{text}")
+            else:
+                probs = row.softmax(-1)
+                k = int(probs.argmax())
+                print(f"{labels[k] if k < len(labels) else k}\t{float(probs[k]):.4f}\t{text}")
+
+
+COMMANDS = {"teacher": cmd_teacher, "distill": cmd_distill, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .export import ExportError
+
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (DataError, ExportError, FileNotFoundError) as e:
+        print(f"bitbert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Export of a frozen packed student and loading it back.
+
+An export folder holds:
+
+* ``model.safetensors``: every tensor of the frozen model: packed int32 words and float32 scales
+  of the 1/2-bit layers (``packed_weight``, ``weight_scale``), and the float tensors that stay
+  float (position/token-type embeddings, LayerNorm, biases, pooler, classifier);
+* ``bitbert.json``: format name and version, the BERT config, the quantization spec, every packed
+  module with its packing format and shapes, the layer map of the reduction, the task (type,
+  labels), and the size and sha256 of ``model.safetensors``;
+* the tokenizer files.
+
+:func:`load_exported` checks the version, the size and the checksum before reading any tensor, so
+a truncated, corrupted or foreign file stops with a clear error instead of giving wrong outputs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from typing import Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig
+
+import bitops
+
+from .models import QuantSpec, build_student, freeze_student
+
+FORMAT = "bitbert-packed"
+FORMAT_VERSION = 1
+CONFIG_FILE = "bitbert.json"
+WEIGHTS_FILE = "model.safetensors"
+PACKED_TYPES = (bitops.BinaryLinear, bitops.TernaryLinear, bitops.BinaryEmbedding)
+
+
+class ExportError(ValueError):
+    """An export folder that cannot be loaded: the message says which file and what is wrong."""
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_student(
+    model: torch.nn.Module,
+    spec: QuantSpec,
+    tokenizer,
+    out_dir: str,
+    task: dict,
+    layer_map: Optional[Sequence[int]] = None,
+) -> str:
+    """Freeze a copy of the quantized ``model`` and write the export folder. Returns ``out_dir``."""
+    frozen = freeze_student(copy.deepcopy(model).cpu().eval())
+    packed = {}
+    for fqn, m in frozen.named_modules():
+        if isinstance(m, PACKED_TYPES):
+            packed[fqn] = m.get_extra_state()
+    if not packed:
+        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
+    tensors = {k: v.contiguous() for k, v in frozen.state_dict().items() if isinstance(v, torch.Tensor)}
+    os.makedirs(out_dir, exist_ok=True)
+    weights = os.path.join(out_dir, WEIGHTS_FILE)
+    tmp = weights + ".tmp"
+    save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, weights)
+    config = frozen.config.to_dict()
+    config.pop("_attn_implementation_autoset", None)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bert_config": config,
+        "quant": spec.to_dict(),
+        "packing": {f.value: {"bits": f.bits, "values": list(f.values), "word": "int32, LSB first, packed along the last dimension"} for f in bitops.PackFormat},
+        "packed_modules": packed,
+        "layer_map": list(layer_map) if layer_map is not None else None,
+        "task": task,
+        "weights": {"file": WEIGHTS_FILE, "bytes": os.path.getsize(weights), "sha256": sha256_file(weights)},
+    }
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        json.dump(meta, f, indent=1)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def read_export_config(path: str) -> dict:
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(cfg_path):
+        raise ExportError(f"{cfg_path}: no such file; expected a folder written by `bitbert export`")
+    try:
+        with open(cfg_path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{cfg_path}: not valid JSON ({e}); the file is damaged, export again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ExportError(f"{cfg_path}: format {meta.get('format') if isinstance(meta, dict) else None!r}; expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ExportError(
+            f"{cfg_path}: format_version {meta.get('format_version')!r}; this bitbert reads version {FORMAT_VERSION}. "
+            "Export the model again with this version"
+        )
+    return meta
+
+
+def load_exported(path: str, device: str = "cpu"):
+    """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
+    on the packed kernels."""
+    meta = read_export_config(path)
+    weights = os.path.join(path, meta["weights"]["file"])
+    if not os.path.isfile(weights):
+        raise ExportError(f"{weights}: no such file; expected the weights named in {CONFIG_FILE}")
+    size = os.path.getsize(weights)
+    if size != meta["weights"]["bytes"]:
+        raise ExportError(f"{weights}: {size} bytes; expected {meta['weights']['bytes']} (truncated or replaced file)")
+    digest = sha256_file(weights)
+    if digest != meta["weights"]["sha256"]:
+        raise ExportError(f"{weights}: sha256 {digest}; expected {meta['weights']['sha256']} (the file is corrupted)")
+    tensors = load_file(weights)
+    config = BertConfig.from_dict(meta["bert_config"])
+    model = build_student(config, QuantSpec(**meta["quant"]), frozen=True)
+    for fqn, state in meta["packed_modules"].items():
+        model.get_submodule(fqn).set_extra_state(state)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise ExportError(f"{weights}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}; expected the layout in {CONFIG_FILE}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.to(device).eval(), tokenizer, meta
