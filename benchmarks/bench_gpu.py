@@ -5,8 +5,9 @@
   W1A8 / W2A8    Triton packed_linear_int8 (bitops.triton.ops), 1-bit / 2-bit packed weights
   W1A16 / W2A16  Triton packed_linear_float on fp16 activations
   W1 grad_input  Triton packed_linear_grad_input, fp16 grad_output (the training backward)
-  CUDA C++       torch.ops.bitops.packed_linear_int8 W1A8, when BITOPS_CUDA_BACKEND leaves it on the
-                 C++ CUDA kernel (bitops.triton.backends() says "cuda")
+  ... C++       the same cases on the hand-written CUDA kernels (torch.ops.bitops_cuda, csrc/cuda:
+                 mma.sync int8 tiles / dp4a GEMV, CUDA-core float kernels), when the extension was
+                 built with them, whatever BITOPS_CUDA_BACKEND routes torch.ops.bitops to
 
 Reports milliseconds (triton.testing.do_bench medians, first call with autotuning excluded),
 TFLOP/s (2*M*N*K per call) and GB/s (bytes of activations, weights as stored and outputs), and the
@@ -66,9 +67,14 @@ def bench_shape(model, m, k, n, do_bench):
         "W2A16": (lambda: T.packed_linear_float(x16, p2, s2, bias, 2, k, k), m * k * 2 + w_bytes[2] + m * n * 2),
         "W1 grad_input": (lambda: T.packed_linear_grad_input(go16, p1, s1, 1, k, k), m * n * 2 + w_bytes[1] + m * k * 2),
     }
-    if bitops.triton.backends().get("packed_linear_int8") == "cuda":
-        cases["W1A8 CUDA C++"] = (lambda: bitops.ops.packed_linear_int8(x8, xs, p1, s1, bias, 1, k, k),
-                                  m * k + w_bytes[1] + m * n * 4)
+    if bitops.triton.cpp_cuda_built():
+        C = torch.ops.bitops_cuda
+        cases.update({
+            "W1A8 C++": (lambda: C.packed_linear_int8(x8, xs, p1, s1, bias, 1, k, k), m * k + w_bytes[1] + m * n * 4),
+            "W2A8 C++": (lambda: C.packed_linear_int8(x8, xs, p2, s2, bias, 2, k, k), m * k + w_bytes[2] + m * n * 4),
+            "W1A16 C++": (lambda: C.packed_linear_float(x16, p1, s1, bias, 1, k, k), m * k * 2 + w_bytes[1] + m * n * 2),
+            "W1 grad C++": (lambda: C.packed_linear_grad_input(go16, p1, s1, 1, k, k), m * n * 2 + w_bytes[1] + m * k * 2),
+        })
     rows = []
     flops = 2.0 * m * n * k
     base_ms = None
@@ -145,11 +151,13 @@ def main(argv=None) -> None:
     plot(rows, png)
     print(f"wrote {args.out} and {png}")
     # The goals of docs/gpu.md, as measured in this run (geometric mean over the layer shapes).
-    for label, sel in (("M <= 16", lambda m: m <= 16), ("M = 512", lambda m: m == 512)):
-        sp = [r["speedup vs fp16"] for r in rows if r["kernel"] == "W1A8" and sel(r["M"])]
-        if sp:
-            gm = math.exp(sum(math.log(s) for s in sp) / len(sp))
-            print(f"W1A8 vs cuBLAS fp16 at {label}: geomean {gm:.2f}x, min {min(sp):.2f}x (goal {'3' if '16' in label else '1.5'}x)")
+    for kernel in ("W1A8", "W1A8 C++"):
+        for label, sel in (("M <= 16", lambda m: m <= 16), ("M = 512", lambda m: m == 512)):
+            sp = [r["speedup vs fp16"] for r in rows if r["kernel"] == kernel and sel(r["M"])]
+            if sp:
+                gm = math.exp(sum(math.log(s) for s in sp) / len(sp))
+                print(f"{kernel} vs cuBLAS fp16 at {label}: geomean {gm:.2f}x, min {min(sp):.2f}x "
+                      f"(goal {'3' if '16' in label else '1.5'}x)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 
 #include <torch/types.h>
 
+#include <cstdlib>
 #include <optional>
 #include <sstream>
 
@@ -110,6 +111,74 @@ inline void check_2d_columns(const char* name, const at::Tensor& t, int64_t cols
                     what);
   TORCH_CHECK_VALUE(t.size(1) == cols, name, " has ", t.size(1), " columns (shape ", shape_str(t), "); expected ",
                     col_name, "=", cols);
+}
+
+// The argument checks of each op, in the order every device runs them. Each returns N (out_features)
+// where the op has one.
+inline void check_pack_args(const at::Tensor& codes, int64_t bits) {
+  check_bits(bits);
+  check_dtype("codes", codes, at::kChar);
+  TORCH_CHECK_VALUE(codes.dim() >= 1 && codes.size(-1) >= 1, "codes has shape ", shape_str(codes),
+                    "; expected at least one dimension with K >= 1 codes in the last");
+}
+
+// A code outside the format, found while packing.
+[[noreturn]] inline void fail_bad_code(int value, int64_t bits) {
+  TORCH_CHECK_VALUE(false, "codes holds the value ", value, "; expected codes in ", bits == 1 ? "{-1, +1}" : "[-2, 1]",
+                    " for bits=", bits);
+  std::abort();  // not reached
+}
+
+inline void check_unpack_args(const at::Tensor& packed, int64_t bits, int64_t k) {
+  check_bits(bits);
+  check_dtype("packed", packed, at::kInt);
+  TORCH_CHECK_VALUE(k >= 1, "k=", k, "; expected a positive int (the number of codes per row)");
+  TORCH_CHECK_VALUE(packed.dim() >= 1, "packed is a 0-dimensional tensor; expected (..., words)");
+  const int64_t nw = words_per_row(k, bits);
+  TORCH_CHECK_VALUE(packed.size(-1) == nw, "packed has ", packed.size(-1), " words in its last dimension; expected ",
+                    nw, " for k=", k, " at bits=", bits);
+}
+
+inline int64_t check_linear_int8_args(const at::Tensor& x, const at::Tensor& x_scale, const at::Tensor& w,
+                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t bits,
+                                      int64_t in_features, int64_t group_size) {
+  const int64_t n = check_packed_weight(w, bits, in_features);
+  check_dtype("x", x, at::kChar);
+  check_2d_columns("x", x, in_features, "(M, in_features) int8 activations", "in_features");
+  check_dtype("x_scale", x_scale, at::kFloat);
+  TORCH_CHECK_VALUE(x_scale.dim() == 1 && x_scale.size(0) == x.size(0), "x_scale has shape ", shape_str(x_scale),
+                    "; expected (", x.size(0), ",), one scale per row of x");
+  check_weight_scale(w_scale, n, in_features, group_size);
+  check_bias(bias, n, w);
+  check_same_device("x", x, "packed_weight", w);
+  check_same_device("x_scale", x_scale, "packed_weight", w);
+  check_same_device("weight_scale", w_scale, "packed_weight", w);
+  check_finite("x_scale", x_scale);
+  return n;
+}
+
+inline int64_t check_linear_float_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+                                       const std::optional<at::Tensor>& bias, int64_t bits, int64_t in_features,
+                                       int64_t group_size) {
+  const int64_t n = check_packed_weight(w, bits, in_features);
+  check_float_activation("x", x);
+  check_2d_columns("x", x, in_features, "(M, in_features) float activations", "in_features");
+  check_weight_scale(w_scale, n, in_features, group_size);
+  check_bias(bias, n, w);
+  check_same_device("x", x, "packed_weight", w);
+  check_same_device("weight_scale", w_scale, "packed_weight", w);
+  return n;
+}
+
+inline int64_t check_grad_input_args(const at::Tensor& grad_output, const at::Tensor& w, const at::Tensor& w_scale,
+                                     int64_t bits, int64_t in_features, int64_t group_size) {
+  const int64_t n = check_packed_weight(w, bits, in_features);
+  check_float_activation("grad_output", grad_output);
+  check_2d_columns("grad_output", grad_output, n, "(M, out_features)", "out_features");
+  check_weight_scale(w_scale, n, in_features, group_size);
+  check_same_device("grad_output", grad_output, "packed_weight", w);
+  check_same_device("weight_scale", w_scale, "packed_weight", w);
+  return n;
 }
 
 }  // namespace bitops

@@ -11,6 +11,8 @@ import torch
 import bitops
 from bitops import reference as R
 from bitops.triton import interpreter
+from kernel_cases import check_close as _check_close
+from kernel_cases import weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 
@@ -31,19 +33,8 @@ def T():
 
 
 def _weights(n, k, bits, group_size, gen):
-    lo = -1 if bits == 1 else -2
-    c = torch.randint(lo, 2, (n, k), dtype=torch.int8, generator=gen)
-    if bits == 1:
-        c[c == 0] = 1
-    scale = torch.rand(n, -(-k // group_size), generator=gen) * 0.1 + 0.01
-    return R.pack_bits(c, bits).to(DEV), scale.to(DEV)
-
-
-def _check_close(out, same, truth, name):
-    eps = torch.finfo(out.dtype).eps
-    bound = 4 * (same.double() - truth).abs().max() + eps * truth.abs().max() + 1e-30
-    err = (out.double() - truth).abs().max()
-    assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g}"
+    packed, scale = weights(n, k, bits, group_size, gen)
+    return packed.to(DEV), scale.to(DEV)
 
 
 SHAPES = [(m, k, n) for m in (1, 3, 16, 17, 64, 130, 512) for k in (32, 33, 768) for n in (1, 7, 256, 3072)]

@@ -18,6 +18,9 @@ import torch
 
 from bitops import reference as R
 from bitops.triton import interpreter
+from kernel_cases import check_close as _check_close
+from kernel_cases import codes as _codes
+from kernel_cases import weights as _weights
 
 MS, KS, NS = (1, 3, 16, 17, 64, 130), (32, 33, 768), (1, 7, 256)
 
@@ -33,29 +36,6 @@ def T():
     from bitops.triton import ops
 
     return ops
-
-
-def _codes(shape, bits, gen):
-    lo = -1 if bits == 1 else -2
-    c = torch.randint(lo, 2, shape, dtype=torch.int8, generator=gen)
-    if bits == 1:
-        c[c == 0] = 1
-    return c
-
-
-def _weights(n, k, bits, group_size, gen):
-    packed = R.pack_bits(_codes((n, k), bits, gen), bits)
-    g = -(-k // group_size)
-    scale = torch.rand(n, g, generator=gen) * 0.1 + 0.01
-    return packed, scale
-
-
-def _check_close(out, ref_same, truth, name):
-    """|out - truth| <= 4 * max|ref_same - truth| + ulp(out dtype) * max|truth|, element-wise."""
-    eps = torch.finfo(out.dtype).eps
-    bound = 4 * (ref_same.double() - truth).abs().max() + eps * truth.abs().max() + 1e-30
-    err = (out.double() - truth).abs().max()
-    assert err <= bound, f"{name}: max error {err:.3g} > bound {bound:.3g}"
 
 
 def _same_precision_linear(x, w, bias, dot_dtype):

@@ -1,7 +1,9 @@
-"""The backend rule of bitops.triton (BITOPS_CUDA_BACKEND): registration at import, its default, bad
-values, and that a Python registration does replace a C++ kernel (shown on the CPU key, the only
-one this machine can call)."""
+"""The backend rule of bitops.triton (BITOPS_CUDA_BACKEND): registration at import, its default and
+per-op choices, bad values, and that a Python registration does replace a C++ kernel (shown on the
+CPU key, the only one this machine can call). With the C++ CUDA kernels built, the rule's outcome is
+checked by tests/test_cuda_build.py."""
 import os
+import re
 import subprocess
 import sys
 
@@ -24,25 +26,42 @@ def test_every_op_has_a_cuda_kernel_after_import():
     assert out.stdout.strip() == "False"
 
 
-def test_backend_choice(monkeypatch):
-    monkeypatch.setenv(BT.ENV, "Triton")
-    assert BT.backend_choice() == "triton"
-    monkeypatch.setenv(BT.ENV, "cuda")
-    assert BT.backend_choice() == "cuda"
-    monkeypatch.setenv(BT.ENV, "")
-    monkeypatch.setattr(BT, "has_cuda_kernel", lambda op: op == "packed_linear_int8")
-    assert BT.backend_choice() == "cuda"  # default with C++ CUDA kernels
-    monkeypatch.setattr(BT, "has_cuda_kernel", lambda op: False)
-    assert BT.backend_choice() == "triton"
-    monkeypatch.setenv(BT.ENV, "cublas")
-    with pytest.raises(ValueError, match="BITOPS_CUDA_BACKEND='cublas' is not a backend; expected one of 'cuda', 'triton'"):
-        BT.backend_choice()
+def test_backend_rule(monkeypatch):
+    auto = {"pack_bits": "cuda", "unpack_bits": "cuda", "packed_linear_int8": "cuda",
+            "packed_linear_float": "triton", "packed_linear_grad_input": "triton"}
+    every = lambda b: dict.fromkeys(BT.OP_NAMES, b)  # noqa: E731
+    for value, want in [
+        ("", auto),
+        ("auto", auto),
+        ("Triton", every("triton")),
+        ("cuda", every("cuda")),
+        ("cuda,packed_linear_float=triton", {**every("cuda"), "packed_linear_float": "triton"}),
+        ("packed_linear_int8=triton", {**auto, "packed_linear_int8": "triton"}),
+        (" triton , packed_linear_grad_input = cuda ,", {**every("triton"), "packed_linear_grad_input": "cuda"}),
+    ]:
+        monkeypatch.setenv(BT.ENV, value)
+        assert BT.requested_backends() == want, value
+    for value, why in [
+        ("cublas", "'cublas' is not a backend"),
+        ("packed_linear_int8=triton,cuda", "the default 'cuda' must come first"),
+        ("matmul=cuda", "'matmul' is not an op with CUDA kernels"),
+    ]:
+        monkeypatch.setenv(BT.ENV, value)
+        with pytest.raises(ValueError, match=re.escape(f"BITOPS_CUDA_BACKEND='{value}' is not a backend rule: {why}")):
+            BT.requested_backends()
+
+
+def test_no_cpp_cuda_kernels_in_a_cpu_build():
+    if torch.version.cuda is not None:
+        pytest.skip("torch is a CUDA build here; tests/test_cuda_build.py covers that case")
+    assert not BT.cpp_cuda_built()
+    assert BT.backends() == dict.fromkeys(BT.OP_NAMES, "triton")  # Triton fills in every op
 
 
 def test_bad_env_value_fails_import_clearly():
     env = dict(os.environ, BITOPS_CUDA_BACKEND="fast")
     out = subprocess.run([sys.executable, "-c", "import bitops"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "BITOPS_CUDA_BACKEND='fast' is not a backend" in out.stderr
+    assert out.returncode != 0 and "BITOPS_CUDA_BACKEND='fast' is not a backend rule" in out.stderr
 
 
 def test_python_registration_replaces_a_cpp_kernel():

@@ -7,18 +7,24 @@
 Which kernels a CUDA tensor runs (the backend rule)
 ---------------------------------------------------
 ``import bitops`` (through this module) calls :func:`register`, which registers the Triton wrappers as the ``CUDA`` kernels
-of the ``bitops`` ops, op by op, according to the environment variable ``BITOPS_CUDA_BACKEND``:
+of the ``bitops`` ops, op by op, according to the environment variable ``BITOPS_CUDA_BACKEND``: a
+default, optionally followed by per-op choices, comma-separated (``"auto"``, ``"triton"``,
+``"cuda,packed_linear_float=triton"``, ``"packed_linear_int8=triton"``). A backend is one of
 
-* ``"cuda"``: keep the C++ CUDA kernels (``csrc/cuda``, registered by ``TORCH_LIBRARY_IMPL(bitops,
-  CUDA)`` when the extension is built against a CUDA torch); Triton only fills in ops that have no
-  C++ CUDA kernel. This is the default when the extension has C++ CUDA kernels.
-* ``"triton"``: the Triton wrappers replace the C++ CUDA kernels of every op. This is the default
-  when the extension has no C++ CUDA kernels (e.g. built against a CPU-only torch, or without nvcc).
+* ``"cuda"``: the C++ CUDA kernels (``csrc/cuda``, registered by ``TORCH_LIBRARY_IMPL(bitops,
+  CUDA)`` when the extension is built against a CUDA torch with nvcc);
+* ``"triton"``: the Triton wrappers, which then replace the C++ CUDA kernel of that op;
+* ``"auto"`` (the default): ``"cuda"`` for :data:`AUTO_CUDA_OPS` (pack, unpack and the int8 GEMM,
+  whose C++ kernels use int8 tensor cores and dp4a), ``"triton"`` for the float-activation ops (the
+  C++ float kernels run on CUDA cores, the Triton ones on tensor cores).
 
-The variable is read once, at ``import bitops``; :func:`backends` reports the choice per op. Both
-implementations stay callable directly: ``bitops.triton.ops.<op>`` is always Triton. Registering
-does not import Triton: the kernels are compiled on the first call of an op on a CUDA tensor, so
-``import bitops`` stays fast and works where Triton is absent (then CUDA calls report that).
+An op asked for ``"cuda"`` runs Triton anyway when the extension has no C++ CUDA kernel for it
+(e.g. built against a CPU-only torch, or without nvcc). The variable is read once, at ``import
+bitops``; :func:`backends` reports the outcome per op. Both implementations stay callable directly
+whatever the rule says: ``bitops.triton.ops.<op>`` is always Triton, ``torch.ops.bitops_cuda.<op>``
+always the C++ CUDA kernel (present when it was built). Registering does not import Triton: the
+kernels are compiled on the first call of an op on a CUDA tensor, so ``import bitops`` stays fast
+and works where Triton is absent (then CUDA calls report that).
 """
 from __future__ import annotations
 
@@ -33,7 +39,9 @@ import torch
 
 OP_NAMES = ("pack_bits", "unpack_bits", "packed_linear_int8", "packed_linear_float", "packed_linear_grad_input")
 ENV = "BITOPS_CUDA_BACKEND"
-CHOICES = ("cuda", "triton")
+CHOICES = ("auto", "cuda", "triton")
+# Under "auto", these ops keep their C++ CUDA kernels; the others run Triton (see the docstring).
+AUTO_CUDA_OPS = ("pack_bits", "unpack_bits", "packed_linear_int8")
 
 _lib = None
 _chosen: Dict[str, str] = {}
@@ -44,15 +52,42 @@ def has_cuda_kernel(op: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"bitops::{op}", "CUDA")
 
 
-def backend_choice() -> str:
-    """The value of BITOPS_CUDA_BACKEND, or its default (see the module docstring)."""
-    value = os.environ.get(ENV)
-    if value is None or value == "":
-        return "cuda" if any(has_cuda_kernel(op) for op in OP_NAMES) else "triton"
-    value = value.strip().lower()
-    if value not in CHOICES:
-        raise ValueError(f"{ENV}={os.environ[ENV]!r} is not a backend; expected one of {', '.join(map(repr, CHOICES))}")
-    return value
+def cpp_cuda_built() -> bool:
+    """Whether the extension has the C++ CUDA kernels (``torch.ops.bitops_cuda.<op>`` exists)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("bitops_cuda::packed_linear_int8", "CUDA")
+    except RuntimeError:  # the bitops_cuda namespace is defined only by a CUDA build
+        return False
+
+
+def _fail(raw: str, why: str):
+    raise ValueError(f"{ENV}={raw!r} is not a backend rule: {why}; expected a backend ({', '.join(map(repr, CHOICES))}) "
+                     f"optionally followed by op=backend items, e.g. 'cuda,packed_linear_float=triton'")
+
+
+def requested_backends() -> Dict[str, str]:
+    """op name -> "cuda" or "triton" as BITOPS_CUDA_BACKEND asks (before C++ availability is applied)."""
+    raw = os.environ.get(ENV, "")
+    default, per_op = "auto", {}
+    for i, item in enumerate(p.strip().lower() for p in raw.split(",")):
+        if not item:
+            continue
+        op, _, backend = (part.strip() for part in item.rpartition("="))
+        if backend not in CHOICES:
+            _fail(raw, f"{backend!r} is not a backend")
+        if not op:
+            if i != 0:
+                _fail(raw, f"the default {backend!r} must come first")
+            default = backend
+        elif op not in OP_NAMES:
+            _fail(raw, f"{op!r} is not an op with CUDA kernels ({', '.join(OP_NAMES)})")
+        else:
+            per_op[op] = backend
+    out = {}
+    for op in OP_NAMES:
+        want = per_op.get(op, default)
+        out[op] = ("cuda" if op in AUTO_CUDA_OPS else "triton") if want == "auto" else want
+    return out
 
 
 def _lazy(op: str):
@@ -72,10 +107,10 @@ def register() -> Dict[str, str]:
     global _lib
     if _lib is not None:
         return backends()
-    choice = backend_choice()
+    want = requested_backends()
     lib = torch.library.Library("bitops", "IMPL")
     for op in OP_NAMES:
-        if choice == "triton" or not has_cuda_kernel(op):
+        if want[op] == "triton" or not has_cuda_kernel(op):
             with warnings.catch_warnings():  # replacing a C++ CUDA kernel is what "triton" asks for
                 warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
                 lib.impl(op, _lazy(op), "CUDA")

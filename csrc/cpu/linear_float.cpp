@@ -49,13 +49,7 @@ at::Tensor dequantize_rows(const at::Tensor& w, const at::Tensor& w_scale, int64
 at::Tensor packed_linear_float_cpu(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& w_scale_in,
                                    const std::optional<at::Tensor>& bias, int64_t bits, int64_t in_features,
                                    int64_t group_size) {
-  const int64_t n = check_packed_weight(w_in, bits, in_features);
-  check_float_activation("x", x);
-  check_2d_columns("x", x, in_features, "(M, in_features) float activations", "in_features");
-  check_weight_scale(w_scale_in, n, in_features, group_size);
-  check_bias(bias, n, w_in);
-  check_same_device("x", x, "packed_weight", w_in);
-  check_same_device("weight_scale", w_scale_in, "packed_weight", w_in);
+  const int64_t n = check_linear_float_args(x, w_in, w_scale_in, bias, bits, in_features, group_size);
 
   const at::Tensor w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
   const at::Tensor xf = x.to(at::kFloat).contiguous();
@@ -72,12 +66,7 @@ at::Tensor packed_linear_float_cpu(const at::Tensor& x, const at::Tensor& w_in, 
 at::Tensor packed_linear_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& w_in,
                                         const at::Tensor& w_scale_in, int64_t bits, int64_t in_features,
                                         int64_t group_size) {
-  const int64_t n = check_packed_weight(w_in, bits, in_features);
-  check_float_activation("grad_output", grad_output);
-  check_2d_columns("grad_output", grad_output, n, "(M, out_features)", "out_features");
-  check_weight_scale(w_scale_in, n, in_features, group_size);
-  check_same_device("grad_output", grad_output, "packed_weight", w_in);
-  check_same_device("weight_scale", w_scale_in, "packed_weight", w_in);
+  const int64_t n = check_grad_input_args(grad_output, w_in, w_scale_in, bits, in_features, group_size);
 
   const at::Tensor w = w_in.contiguous(), w_scale = w_scale_in.contiguous();
   const at::Tensor g = grad_output.to(at::kFloat).contiguous();

@@ -253,18 +253,7 @@ BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, c
 at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_scale_in, const at::Tensor& w_in,
                                   const at::Tensor& w_scale_in, const std::optional<at::Tensor>& bias_in,
                                   int64_t bits, int64_t in_features, int64_t group_size) {
-  const int64_t n = check_packed_weight(w_in, bits, in_features);
-  check_dtype("x", x_in, at::kChar);
-  check_2d_columns("x", x_in, in_features, "(M, in_features) int8 activations", "in_features");
-  check_dtype("x_scale", x_scale_in, at::kFloat);
-  TORCH_CHECK_VALUE(x_scale_in.dim() == 1 && x_scale_in.size(0) == x_in.size(0), "x_scale has shape ",
-                    shape_str(x_scale_in), "; expected (", x_in.size(0), ",), one scale per row of x");
-  check_weight_scale(w_scale_in, n, in_features, group_size);
-  check_bias(bias_in, n, w_in);
-  check_same_device("x", x_in, "packed_weight", w_in);
-  check_same_device("x_scale", x_scale_in, "packed_weight", w_in);
-  check_same_device("weight_scale", w_scale_in, "packed_weight", w_in);
-  check_finite("x_scale", x_scale_in);
+  const int64_t n = check_linear_int8_args(x_in, x_scale_in, w_in, w_scale_in, bias_in, bits, in_features, group_size);
 
   const int64_t m = x_in.size(0), k = in_features, groups = w_scale_in.size(1);
   at::Tensor y = at::empty({m, n}, x_in.options().dtype(at::kFloat));

@@ -13,10 +13,7 @@ namespace bitops::cpu {
 namespace {
 
 at::Tensor pack_bits_cpu(const at::Tensor& codes_in, int64_t bits) {
-  check_bits(bits);
-  check_dtype("codes", codes_in, at::kChar);
-  TORCH_CHECK_VALUE(codes_in.dim() >= 1 && codes_in.size(-1) >= 1, "codes has shape ", shape_str(codes_in),
-                    "; expected at least one dimension with K >= 1 codes in the last");
+  check_pack_args(codes_in, bits);
   const at::Tensor codes = codes_in.contiguous();
   const int64_t k = codes.size(-1), rows = codes.numel() / k, nw = words_per_row(k, bits), cpw = 32 / bits;
   auto out_shape = codes.sizes().vec();
@@ -44,19 +41,13 @@ at::Tensor pack_bits_cpu(const at::Tensor& codes_in, int64_t bits) {
       }
     }
   });
-  TORCH_CHECK_VALUE(!any_bad.load(), "codes holds the value ", bad.load(), "; expected codes in ",
-                    bits == 1 ? "{-1, +1}" : "[-2, 1]", " for bits=", bits);
+  if (any_bad.load()) fail_bad_code(bad.load(), bits);
   return out;
 }
 
 at::Tensor unpack_bits_cpu(const at::Tensor& packed_in, int64_t bits, int64_t k) {
-  check_bits(bits);
-  check_dtype("packed", packed_in, at::kInt);
-  TORCH_CHECK_VALUE(k >= 1, "k=", k, "; expected a positive int (the number of codes per row)");
-  TORCH_CHECK_VALUE(packed_in.dim() >= 1, "packed is a 0-dimensional tensor; expected (..., words)");
+  check_unpack_args(packed_in, bits, k);
   const int64_t nw = words_per_row(k, bits), cpw = 32 / bits;
-  TORCH_CHECK_VALUE(packed_in.size(-1) == nw, "packed has ", packed_in.size(-1),
-                    " words in its last dimension; expected ", nw, " for k=", k, " at bits=", bits);
   const at::Tensor packed = packed_in.contiguous();
   const int64_t rows = nw ? packed.numel() / nw : 0;
   auto out_shape = packed.sizes().vec();

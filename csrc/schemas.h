@@ -1,0 +1,30 @@
+// The op schemas of the bitops namespace, stated once. csrc/ops.cpp defines them as `bitops::<op>`
+// (every device registers its kernels there); csrc/cuda/ops_cuda.cpp defines them a second time as
+// `bitops_cuda::<op>`, bound to the C++ CUDA kernels only, so those stay callable when
+// BITOPS_CUDA_BACKEND puts Triton behind `bitops::<op>` on CUDA tensors.
+// Fake (meta) implementations: bitops/_ops.py; reference: bitops/reference.py; layouts: bitops/formats.py.
+#pragma once
+
+namespace bitops {
+
+inline constexpr const char* kSchemas[] = {
+  // codes int8 (..., K) -> packed int32 (..., ceil(K*bits/32)), packed along the last dimension.
+  "pack_bits(Tensor codes, int bits) -> Tensor",
+  // packed int32 (..., W) -> codes int8 (..., k); exact inverse of pack_bits.
+  "unpack_bits(Tensor packed, int bits, int k) -> Tensor",
+  // y (M, N) float32 = x_q (M, K) int8 times packed W (N, K); int32 accumulation per group, then the
+  // float epilogue of bitops/reference.py (weight_scale (N, G), x_scale (M,), bias (N,)).
+  "packed_linear_int8(Tensor x, Tensor x_scale, Tensor packed_weight, Tensor weight_scale, Tensor? bias, "
+      "int bits, int in_features, int group_size) -> Tensor",
+  // y (M, N) = x (M, K) float32/bf16/fp16 times dequantized W.T + bias; fp32 accumulation, x's dtype.
+  "packed_linear_float(Tensor x, Tensor packed_weight, Tensor weight_scale, Tensor? bias, int bits, "
+      "int in_features, int group_size) -> Tensor",
+  // Dynamic symmetric per-row int8 quantization of float activations (M, K): (codes int8 (M, K),
+  // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row.
+  "quantize_rows_int8(Tensor x, int bits) -> (Tensor, Tensor)",
+  // grad_input (M, K) = grad_output (M, N) times dequantized W (N, K): the backward of the two above.
+  "packed_linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, int bits, "
+      "int in_features, int group_size) -> Tensor",
+};
+
+}  // namespace bitops
