@@ -59,6 +59,8 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip an update whose loss or gradients are nan/inf (default: stop with the step and module)")
 
 
 def _train_config(a, prefix: str = "") -> T.TrainConfig:
@@ -67,7 +69,7 @@ def _train_config(a, prefix: str = "") -> T.TrainConfig:
         epochs=get("epochs"), max_steps=get("max_steps"), lr=get("lr"), warmup=get("warmup"),
         batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, weight_decay=a.weight_decay,
         max_grad_norm=a.max_grad_norm, eval_every=a.eval_every, save_every=a.save_every, seed=a.seed,
-        device=a.device, progress=not a.no_progress,
+        device=a.device, progress=not a.no_progress, skip_nonfinite=a.skip_nonfinite,
     )
 
 

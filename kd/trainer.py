@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     progress: bool = True
+    skip_nonfinite: bool = False  # a nan/inf loss or gradient skips the update instead of stopping the run
 
     def __post_init__(self):
         for name in ("batch_size", "eval_batch_size"):
@@ -97,6 +98,18 @@ def atomic_save(obj, path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _nonfinite_gradient(model: nn.Module, loss: torch.Tensor) -> Optional[str]:
+    """None if every gradient is finite; else which loss value and which module's parameter failed."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads or bool(torch.isfinite(nn.utils.get_total_norm(grads))):
+        return None
+    for name, p in model.named_parameters():
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+            module = name.rsplit(".", 1)[0]
+            return f"non-finite gradient in module {module!r} (parameter {name}), loss {float(loss.detach())}"
+    return f"non-finite gradient norm, loss {float(loss.detach())}"
 
 
 def set_seed(seed: int) -> None:
@@ -238,6 +251,7 @@ def train(
             dist.barrier()
 
     losses: List[float] = []
+    skipped: List[int] = []
     window: List[float] = []
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (main and cfg.progress), mininterval=2, dynamic_ncols=True)
     while step < total:
@@ -253,7 +267,19 @@ def train(
             out = loss_fn(net, batch)
             optim.zero_grad(set_to_none=True)
             out["loss"].backward()
-            if cfg.max_grad_norm > 0:
+            # After backward the gradients are the all-reduced ones under DDP, so every process
+            # takes the same decision; a nan/inf loss shows up here as nan gradients too.
+            bad = _nonfinite_gradient(model, out["loss"])
+            if bad is not None and not cfg.skip_nonfinite:
+                raise FloatingPointError(
+                    f"step {step + 1}: {bad}; the update was not applied and no checkpoint was written after "
+                    f"step {step} (resume with --resume from the last checkpoint, or pass --skip-nonfinite)"
+                )
+            if bad is not None:
+                optim.zero_grad(set_to_none=True)  # skip this update; the schedule still advances
+                skipped.append(step + 1)
+                bar.write(f"[{desc}] step {step + 1}: {bad}; update skipped")
+            elif cfg.max_grad_norm > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optim.step()
             sched.step()
@@ -281,4 +307,5 @@ def train(
     best_path = os.path.join(out_dir, BEST)
     if os.path.exists(best_path):
         model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False))
-    return {"best": {"step": best["step"], "metrics": best["metrics"]}, "final_state": final_state, "losses": losses}
+    return {"best": {"step": best["step"], "metrics": best["metrics"]}, "final_state": final_state, "losses": losses,
+            "skipped_steps": skipped}
