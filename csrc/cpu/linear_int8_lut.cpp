@@ -34,6 +34,7 @@
 #endif
 
 namespace bitops::cpu {
+#if BITOPS_X86  // the whole kernel is AVX2 code; int8_kernel_path never picks it elsewhere
 
 namespace {
 constexpr int64_t kSpanWords = 3;       // 96 bits: the smallest run of whole words holding whole triples
@@ -77,7 +78,6 @@ Tables build_tables(const Problem& p, int64_t i0, int64_t i1) {
   return tab;
 }
 
-#if BITOPS_X86
 
 // Triple T of a span sits at bits 3T .. 3T+2; two of the 32 straddle a word boundary. A template per
 // triple so that every shift count is a constant.
@@ -171,54 +171,79 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
   }
 }
 
-// Activation rows [tab.i0, tab.i0 + tab.rows) times weight rows [n0, n0 + kLutRowBlock) (clipped at n).
-BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
-  const int64_t t_count = lut_triples(p.nw), i0 = tab.i0, i1 = tab.i0 + tab.rows;
-  // Per call: the indices of one chunk (kSubBlocks x kChunkTriples ymm = 16 KiB, stays in L1) and the
-  // int32 totals of this block (kLutRowsM x kLutRowBlock x 4 B = 32 KiB at most).
+// Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times weight rows
+// [n0, n0 + kLutRowBlock) into `totals`: row i at totals + (i - tab.i0) * ld, weight row n0 + r at column r.
+BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n0, int64_t c, int32_t* totals,
+                                  int64_t ld) {
+  const int64_t t_count = lut_triples(p.nw), t0 = c * kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
+  const int64_t i0 = tab.i0, i1 = tab.i0 + tab.rows;
+  // The indices of this chunk: kSubBlocks x kChunkTriples ymm = 16 KiB, in L1 while every row reads them.
   alignas(32) __m256i idx[kSubBlocks * kChunkTriples];
-  thread_local std::vector<int32_t> totals;
-  totals.assign(static_cast<size_t>(tab.rows * kLutRowBlock), 0);
-  for (int64_t t0 = 0; t0 < t_count; t0 += kChunkTriples) {
-    const int64_t c = t0 / kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
-    for (int sb = 0; sb < kSubBlocks; ++sb)
-      for (int64_t ts = 0; ts < count; ts += kSpanTriples)
-        build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
-    for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
-      const __m256i* ix = idx + sb * kChunkTriples;
-      int64_t i = i0;
-      for (; i + 2 <= i1; i += 2) {
-        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
-        lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + kLutRowBlock);
-      }
-      if (i < i1) {
-        int32_t* tot = totals.data() + (i - i0) * kLutRowBlock + sb * kSubRows;
-        lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, tot, nullptr);
-      }
+  for (int sb = 0; sb < kSubBlocks; ++sb)
+    for (int64_t ts = 0; ts < count; ts += kSpanTriples)
+      build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
+  for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
+    const __m256i* ix = idx + sb * kChunkTriples;
+    int64_t i = i0;
+    for (; i + 2 <= i1; i += 2) {
+      int32_t* tot = totals + (i - i0) * ld + sb * kSubRows;
+      lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + ld);
     }
+    if (i < i1) lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, totals + (i - i0) * ld + sb * kSubRows, nullptr);
   }
+}
+
+// The exact epilogue of the reference for weight rows [n0, n0 + kLutRowBlock) (clipped at n).
+void lut_epilogue(const Problem& p, const Tables& tab, int64_t n0, const int32_t* totals, int64_t ld) {
   const int64_t rows = std::min(kLutRowBlock, p.n - n0);
-  for (int64_t i = i0; i < i1; ++i)
+  for (int64_t i = tab.i0; i < tab.i0 + tab.rows; ++i)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t j = n0 + r;
-      const int32_t acc = signed_dot(p, totals[(i - i0) * kLutRowBlock + r], p.xsum[i]);
+      const int32_t acc = signed_dot(p, totals[(i - tab.i0) * ld + r], p.xsum[i]);
       p.y[i * p.n + j] = finish(p, add_group(0.f, 0, acc, p.w_scale[j]), i, j);
     }
 }
 
+// Block order: one weight block through every chunk; totals one block wide (<= 32 KiB). Best when the
+// activation block's tables fit in L2 and are re-read by every weight block from there.
+BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
+  const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
+  thread_local std::vector<int32_t> totals;
+  totals.assign(static_cast<size_t>(tab.rows * kLutRowBlock), 0);
+  for (int64_t c = 0; c < chunks; ++c) lut_chunk(p, tab, n0, c, totals.data(), kLutRowBlock);
+  lut_epilogue(p, tab, n0, totals.data(), kLutRowBlock);
+}
+
+// Chunk order: one chunk through every weight block, so only that chunk's tables (kLutRowsM x 1 KiB) need
+// to stay in L2; the totals span all N. For large K, whose tables per activation block exceed L2.
+BITOPS_TARGET_AVX2 void lut_rows_chunk_order(const Problem& p, const Tables& tab) {
+  const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
+  const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, ld = n_blocks * kLutRowBlock;
+  thread_local std::vector<int32_t> totals;
+  totals.assign(static_cast<size_t>(tab.rows * ld), 0);
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk(p, tab, nb * kLutRowBlock, c, totals.data() + nb * kLutRowBlock, ld);
+  for (int64_t nb = 0; nb < n_blocks; ++nb) lut_epilogue(p, tab, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld);
+}
+
 }  // namespace
 
-// Scheduling: activation rows go in blocks of kLutRowsM, whose tables (kLutRowsM x K/3 x 16 B: 256 KiB at
-// K = 768) stay in L2 while every weight-row block reads them. With enough row blocks for the threads,
-// each thread takes whole activation-row blocks; otherwise the tables of all rows are built once and
-// the threads share out the weight-row blocks.
+// Scheduling: activation rows go in blocks of kLutRowsM. With enough row blocks for the threads, each
+// thread takes whole activation-row blocks: in block order while the block's tables fit the L2 budget
+// (kLutRowsM x K/3 x 16 B: 256 KiB at K = 768), in chunk order above it. Otherwise the tables of all
+// rows are built once and the threads share out the weight-row blocks.
 BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
+  constexpr int64_t kTablesL2Budget = 256 * 1024;
   const int64_t m_blocks = (p.m + kLutRowsM - 1) / kLutRowsM, n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock;
   if (m_blocks > 1 && m_blocks >= at::get_num_threads()) {
     at::parallel_for(0, m_blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const Tables tab = build_tables(p, b * kLutRowsM, std::min(p.m, (b + 1) * kLutRowsM));
-        for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+        if (static_cast<int64_t>(tab.data.size() * sizeof(int16_t)) > kTablesL2Budget) {
+          lut_rows_chunk_order(p, tab);
+        } else {
+          for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+        }
       }
     });
     return;
@@ -228,6 +253,7 @@ BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
     for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, nb * kLutRowBlock);
   });
 }
+
 #endif
 
 }  // namespace bitops::cpu
