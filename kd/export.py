@@ -127,7 +127,10 @@ def _swap_in_frozen(model: torch.nn.Module, fqn: str, state: dict, cfg_path: str
         )
     else:
         raise ExportError(f"{cfg_path}: packed module {fqn!r} has format {fmt!r} over a {type(old).__name__}; expected sign1/ternary2 Linear or sign1 Embedding")
-    new.set_extra_state(state)
+    try:
+        new.set_extra_state(state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{cfg_path}: packed module {fqn!r} does not match the manifest's own description: {e}") from None
     parent, _, child = fqn.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new.freeze())
 
@@ -149,7 +152,10 @@ def load_exported(path: str, device: str = "cpu"):
     model = build_student(BertConfig.from_dict(meta["bert_config"]), None, frozen=False)
     for fqn, state in meta["packed_modules"].items():
         _swap_in_frozen(model, fqn, state, cfg_path=os.path.join(path, CONFIG_FILE))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (RuntimeError, ValueError) as e:  # shapes or packed-layer metadata differ from the manifest's
+        raise ExportError(f"{weights}: the tensors do not match the manifest {CONFIG_FILE}: {e}") from None
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
         raise ExportError(f"{weights}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}; expected the layout in {CONFIG_FILE}")

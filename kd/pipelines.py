@@ -24,6 +24,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig
 
 from . import trainer as T
+from .checkpoint import load_checkpoint
 from .data import Encoded, TaskData
 from .export import export_student
 from .losses import KDWeights, kd_loss, task_loss
@@ -164,5 +165,5 @@ def load_student_dir(qdir: str):
         meta = json.load(f)
     spec = QuantSpec(**meta["quant"])
     model = build_student(BertConfig.from_dict(meta["bert_config"]), spec, frozen=False)
-    model.load_state_dict(torch.load(os.path.join(qdir, "train", T.BEST), map_location="cpu", weights_only=False))
+    model.load_state_dict(load_checkpoint(os.path.join(qdir, "train", T.BEST)))
     return model, spec, AutoTokenizer.from_pretrained(qdir), meta["task"]

@@ -6,7 +6,7 @@ CPU or CUDA, and data parallel over processes started by ``torchrun`` (DDP: gloo
 CUDA; each process takes an equal share of every global batch).
 
 Resumable: ``checkpoint.pt`` (model, optimizer, schedule, step, RNG state, best score) is written
-atomically (temporary file, fsync, ``os.replace``) every ``save_every`` steps; ``resume=True``
+atomically with a sha256 trailer (:mod:`kd.checkpoint`) every ``save_every`` steps and checked when read; ``resume=True``
 continues from it. The data order of each epoch comes from a generator seeded by (seed, epoch) and
 the dropout RNG state is restored, so a resumed run ends with bit-identical weights to an
 uninterrupted one (same machine, same thread count).
@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics as M
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Encoded
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,21 +84,6 @@ def dist_setup(device: torch.device):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save to ``path`` so that a crash leaves either the old file or the new one, whole."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _nonfinite_gradient(model: nn.Module, loss: torch.Tensor) -> Optional[str]:
@@ -206,7 +192,7 @@ def train(
     if resume:
         if not os.path.exists(ckpt_path):
             raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist; expected a checkpoint from an earlier run in {out_dir}")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(ckpt_path)
         if ck["total_steps"] != total or ck["config"]["seed"] != cfg.seed or ck["config"]["batch_size"] != cfg.batch_size:
             raise ValueError(
                 f"{ckpt_path} was written by a run with {ck['total_steps']} steps, seed {ck['config']['seed']}, "
@@ -224,9 +210,9 @@ def train(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save_checkpoint():
+    def write_checkpoint():
         if main:
-            atomic_save(
+            save_checkpoint(
                 {
                     "model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
                     "step": step, "best": best, "rng": torch.get_rng_state(),
@@ -245,7 +231,7 @@ def train(
                 f.write(json.dumps(record) + "\n")
             if scores[metric] > best["score"]:
                 best = {"step": step, "metrics": scores, "score": scores[metric]}
-                atomic_save(model.state_dict(), os.path.join(out_dir, BEST))
+                save_checkpoint(model.state_dict(), os.path.join(out_dir, BEST))
             bar.write(f"[{desc}] step {step}/{total}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if world > 1:
             dist.barrier()
@@ -293,7 +279,7 @@ def train(
                 run_eval(sum(window) / len(window))
                 window = []
             if step % save_every == 0 or step == total:
-                save_checkpoint()
+                write_checkpoint()
             if on_step is not None:
                 on_step(step)
     bar.close()
@@ -306,6 +292,6 @@ def train(
         best = obj[0]
     best_path = os.path.join(out_dir, BEST)
     if os.path.exists(best_path):
-        model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False))
+        model.load_state_dict(load_checkpoint(best_path, map_location=device))
     return {"best": {"step": best["step"], "metrics": best["metrics"]}, "final_state": final_state, "losses": losses,
             "skipped_steps": skipped}

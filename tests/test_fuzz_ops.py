@@ -1,79 +1,97 @@
-"""Property tests: random shapes (M, N from 0, K from 1 to 300, K rarely a multiple of the word),
-random codes and extreme values; every CPU kernel path equals the reference, exactly on integer
-paths. The default profile is bounded for CI; BITOPS_FUZZ_EXAMPLES=N runs N cases per property."""
-import os
+"""Property tests: random shapes (M, N from 0 to 300, K from 1 to 300, K rarely a multiple of the
+word), random codes and extreme values; every kernel path equals the reference, exactly on the
+integer paths: the CPU kernels (portable and AVX2), the Triton kernels in the Triton interpreter and
+the CUDA kernels through the host harness (both the dp4a GEMV and the mma.sync tile kernel).
 
+The default profile is bounded for CI; BITOPS_FUZZ_EXAMPLES=N runs N cases per CPU property and N/4
+per emulated GPU property (see tests/kernel_cases.py)."""
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+
+import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import bitops
 from bitops import reference as R
 from conftest import cpu_isa, cpu_isas
+from kernel_cases import FUZZ_EXAMPLES, assert_bitwise_equal, codes, draw_int8_case, fuzz_settings
 
-EXAMPLES = int(os.environ.get("BITOPS_FUZZ_EXAMPLES", "40"))
-fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_harness import runner  # noqa: E402
 
-
-def assert_bitwise_equal(got, want, msg):
-    # Huge scales overflow to inf, and inf - inf across groups gives nan in both: nan counts as equal.
-    nan = torch.isnan(want)
-    assert torch.equal(torch.isnan(got), nan), msg
-    assert torch.equal(got[~nan], want[~nan]), msg
+EMULATED_EXAMPLES = max(4, FUZZ_EXAMPLES // 4)
 
 
 def draw_codes(data, shape, bits):
-    lo = -1 if bits == 1 else -2
-    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
-    g = torch.Generator().manual_seed(seed)
-    c = torch.randint(lo, 2, shape, dtype=torch.int8, generator=g)
-    if bits == 1:
-        c[c == 0] = 1
-    return c, g
+    return codes(shape, bits, torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed")))
 
 
-@fuzz
+@fuzz_settings()
 @given(data=st.data(), bits=st.sampled_from([1, 2]), rows=st.integers(0, 9), k=st.integers(1, 300))
 def test_pack_unpack_round_trip(data, bits, rows, k):
-    codes, _ = draw_codes(data, (rows, k), bits)
+    c = draw_codes(data, (rows, k), bits)
     for isa in cpu_isas():
         with cpu_isa(isa):
-            packed = bitops.pack(codes, bits)
-            assert torch.equal(packed, R.pack_bits(codes, bits))
-            assert torch.equal(bitops.unpack(packed, bits, k), codes)
+            packed = bitops.pack(c, bits)
+            assert torch.equal(packed, R.pack_bits(c, bits))
+            assert torch.equal(bitops.unpack(packed, bits, k), c)
 
 
-@fuzz
-@given(
-    data=st.data(),
-    bits=st.sampled_from([1, 2]),
-    m=st.integers(0, 300),
-    n=st.integers(0, 300),
-    k=st.integers(1, 300),
-    grouping=st.sampled_from(["row", "32", "64", "odd"]),
-    x_kind=st.sampled_from(["random", "min", "max", "zero-rows"]),
-    scale_kind=st.sampled_from(["normal", "tiny", "huge"]),
-    with_bias=st.booleans(),
-)
-def test_linear_int8_equals_reference(data, bits, m, n, k, grouping, x_kind, scale_kind, with_bias):
-    codes, g = draw_codes(data, (n, k), bits)
-    gs = {"row": k, "32": 32, "64": 64, "odd": max(1, k // 3 + 1)}[grouping]
-    groups = -(-k // gs)
-    packed = bitops.pack(codes, bits)
-    mag = {"normal": 1.0, "tiny": 1e-30, "huge": 1e30}[scale_kind]
-    w_scale = torch.rand(n, groups, generator=g) * mag
-    x = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
-    if x_kind == "min":
-        x.fill_(-128)
-    elif x_kind == "max":
-        x.fill_(127)
-    elif x_kind == "zero-rows" and m:
-        x[::2] = 0
-    x_scale = torch.rand(m, generator=g) * mag
-    bias = torch.randn(n, generator=g) if with_bias else None
-    want = R.packed_linear_int8(x, x_scale, packed, w_scale, bias, bits, k, gs)
+@fuzz_settings()
+@given(data=st.data())
+def test_linear_int8_equals_reference(data):
+    case = draw_int8_case(data)
+    want = R.packed_linear_int8(*case.args())
     for isa in cpu_isas():
         with cpu_isa(isa):
-            got = torch.ops.bitops.packed_linear_int8(x, x_scale, packed, w_scale, bias, bits, k, gs)
-            assert_bitwise_equal(got, want, f"{isa}: M={m} N={n} K={k} group_size={gs}")
+            got = torch.ops.bitops.packed_linear_int8(*case.args())
+            assert_bitwise_equal(got, want, f"{isa}: {case}")
+
+
+@pytest.fixture(scope="module")
+def triton_ops():
+    pytest.importorskip("triton")
+    from bitops.triton import interpreter, ops
+
+    with interpreter(True):
+        yield ops
+
+
+# Scales of 1e30 overflow to inf on purpose; numpy (the interpreter's arithmetic) warns about it.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@fuzz_settings(EMULATED_EXAMPLES)
+@given(data=st.data())
+def test_triton_interpreted_equals_reference(triton_ops, data):
+    case = draw_int8_case(data)
+    assert_bitwise_equal(triton_ops.packed_linear_int8(*case.args()), R.packed_linear_int8(*case.args()), f"triton: {case}")
+    c = R.unpack_bits(case.packed, case.bits, case.k)
+    assert torch.equal(triton_ops.pack_bits(c, case.bits), case.packed), f"triton pack: {case}"
+    assert torch.equal(triton_ops.unpack_bits(case.packed, case.bits, case.k), c), f"triton unpack: {case}"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    if not runner.compiler_available():
+        pytest.skip(f"needs a C++20 compiler ({runner.CXX})")
+    path = runner.library_path()
+    # A spawned worker: a harness abort or deadlock fails the test instead of killing pytest.
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda fn, *args: pool.submit(fn, path, *args).result(timeout=600)
+
+
+@fuzz_settings(EMULATED_EXAMPLES)
+@given(data=st.data(), kernel=st.sampled_from(["gemv", "mma"]))
+def test_cuda_harness_equals_reference(harness, data, kernel):
+    # The GEMV kernel serves M <= 8 (kGemvMaxM in csrc/cuda/launch.h); the mma kernel any M.
+    case = draw_int8_case(data, max_m=8 if kernel == "gemv" else 300)
+    bias = None if case.bias is None else case.bias.numpy()
+    y = harness(runner.run_linear_int8, kernel, case.x.numpy(), case.x_scale.numpy(), case.packed.numpy(),
+                case.w_scale.numpy(), bias, case.bits, case.k, case.group_size)
+    assert_bitwise_equal(torch.from_numpy(y), R.packed_linear_int8(*case.args()), f"cuda {kernel}: {case}")
+    c = R.unpack_bits(case.packed, case.bits, case.k)
+    packed, bad = harness(runner.run_pack, c.numpy(), case.bits)
+    assert not bad.any() and torch.equal(torch.from_numpy(packed), case.packed), f"cuda pack: {case}"

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from kd import cli
+from kd.checkpoint import load_checkpoint
 from kd.trainer import CHECKPOINT
 
 from kd_helpers import mr_subset, one_thread, save_tiny_base  # noqa: F401  (one_thread: autouse fixture)
@@ -76,14 +77,14 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
         proc.wait()
         for path in checkpoints(cut):  # whatever the kill interrupted, the file on disk is whole
             if os.path.exists(path):
-                torch.load(path, map_location="cpu", weights_only=False)
+                load_checkpoint(path)  # checksum verified: whole, not just parseable
     assert kills >= 1, "every run finished before its kill: the test did not interrupt anything"
     subprocess.run(distill_cmd(teacher, cut, task, True), check=True, env=run_env(), cwd=ROOT,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     for want_path, got_path in zip(checkpoints(ref), checkpoints(cut)):
-        want = torch.load(want_path, map_location="cpu", weights_only=False)
-        got = torch.load(got_path, map_location="cpu", weights_only=False)
+        want = load_checkpoint(want_path)
+        got = load_checkpoint(got_path)
         assert got["step"] == want["step"] == want["total_steps"]
         assert want["model"].keys() == got["model"].keys()
         for k, v in want["model"].items():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kd import trainer
+from kd.checkpoint import load_checkpoint
 from kd.data import Encoded
 from kd.models import load_classifier
 
@@ -40,7 +41,7 @@ def run(tmp_path, out, skip, poison_step=3):
 def test_nonfinite_gradient_stops_with_step_and_module(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 3: non-finite gradient in module 'classifier' \(parameter classifier.weight\)"):
         run(tmp_path, "stop", skip=False)
-    ck = torch.load(os.path.join(tmp_path, "stop", trainer.CHECKPOINT), map_location="cpu", weights_only=False)
+    ck = load_checkpoint(os.path.join(tmp_path, "stop", trainer.CHECKPOINT))
     assert ck["step"] == 2  # the last checkpoint is the one before the bad step
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if isinstance(v, torch.Tensor) and v.is_floating_point())
 
