@@ -11,7 +11,9 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .nn import BinaryLinear, TernaryLinear, _PackedLinear
+import warnings
+
+from .nn import BinaryLinear, TernaryLinear, _PackedLinear, check_layer_options
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class _PackedConfig:
     freeze: bool = False  # freeze right after the swap (inference: no latent weights kept)
 
     layer_cls = _PackedLinear
+
+    def __post_init__(self):  # bad options fail here, not later inside quantize_
+        check_layer_options(self.act_bits, self.act_quant, self.granularity, self.group_size)
 
     def layer_kwargs(self) -> dict:
         kw = asdict(self)
@@ -59,8 +64,12 @@ def quantize_(
 
     Modules that are not nn.Linear are never swapped, whatever the filter says.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
     if not isinstance(config, _PackedConfig):
         raise TypeError(f"config is a {type(config).__name__}; expected bitops.BinaryConfig or bitops.TernaryConfig")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError(f"filter_fn is a {type(filter_fn).__name__}; expected a callable (module, fqn) -> bool")
     filter_fn = filter_fn or _default_filter
     targets = [
         (fqn, m) for fqn, m in model.named_modules()
@@ -68,6 +77,8 @@ def quantize_(
     ]
     if isinstance(model, nn.Linear):
         raise TypeError("model is itself an nn.Linear; use BinaryLinear.from_linear(model) to convert one layer")
+    if not targets:
+        warnings.warn("quantize_: no nn.Linear matched filter_fn; the model is unchanged", stacklevel=2)
     for fqn, module in targets:
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

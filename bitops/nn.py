@@ -91,6 +91,18 @@ class _FrozenLinearFn(torch.autograd.Function):
         return grad_x.to(ctx.x_dtype), None, None, None, None, grad_b, None, None, None
 
 
+def check_layer_options(act_bits, act_quant: str, granularity: str, group_size) -> None:
+    """The options shared by the packed layers and bitops.BinaryConfig / TernaryConfig."""
+    if act_bits not in (None, 8, 4):
+        raise ValueError(f"act_bits={act_bits!r}; expected 8, 4 or None (float activations)")
+    if act_quant not in ACT_QUANTS:
+        raise ValueError(f"act_quant={act_quant!r}; expected one of {ACT_QUANTS}")
+    if granularity not in Q.GRANULARITIES:
+        raise ValueError(f"granularity={granularity!r}; expected one of {Q.GRANULARITIES}")
+    if granularity == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size={group_size!r}; expected a positive int with granularity='group'")
+
+
 class _PackedLinear(FrozenPackedState, nn.Module):
     """Shared body of BinaryLinear and TernaryLinear; subclasses fix ``weight_format``."""
 
@@ -115,14 +127,7 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r}; expected a positive int")
-        if act_bits not in (None, 8, 4):
-            raise ValueError(f"act_bits={act_bits!r}; expected 8, 4 or None (float activations)")
-        if act_quant not in ACT_QUANTS:
-            raise ValueError(f"act_quant={act_quant!r}; expected one of {ACT_QUANTS}")
-        if granularity not in Q.GRANULARITIES:
-            raise ValueError(f"granularity={granularity!r}; expected one of {Q.GRANULARITIES}")
-        if granularity == "group" and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
-            raise ValueError(f"group_size={group_size!r}; expected a positive int with granularity='group'")
+        check_layer_options(act_bits, act_quant, granularity, group_size)
         self.in_features, self.out_features = in_features, out_features
         self.act_bits, self.act_quant = act_bits, act_quant
         self.granularity = granularity
@@ -195,6 +200,9 @@ class _PackedLinear(FrozenPackedState, nn.Module):
             return ops.pack_bits(codes, self.bits), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
+            what = f"a {type(x).__name__}" if not isinstance(x, torch.Tensor) else f"dtype {x.dtype}, shape {tuple(x.shape)}"
+            raise ValueError(f"input is {what}; expected a floating-point tensor of shape (..., in_features={self.in_features})")
         if x.shape[-1] != self.in_features:
             raise ValueError(
                 f"input has {x.shape[-1]} features in its last dimension (shape {tuple(x.shape)}); "

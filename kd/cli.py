@@ -242,12 +242,10 @@ COMMANDS = {"teacher": cmd_teacher, "distill": cmd_distill, "eval": cmd_eval, "e
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .export import ExportError
-
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (DataError, ExportError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input: DataError, ExportError, CheckpointError, missing files, bad values
         print(f"bitbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

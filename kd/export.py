@@ -57,6 +57,8 @@ def export_student(
     layer_map: Optional[Sequence[int]] = None,
 ) -> str:
     """Freeze a copy of the quantized ``model`` and write the export folder. Returns ``out_dir``."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(f"{out_dir}: exists and is not a folder; expected a folder (new or existing) for the export")
     frozen = freeze_student(copy.deepcopy(model).cpu().eval())
     packed = {}
     for fqn, m in frozen.named_modules():

@@ -12,6 +12,7 @@ All weights default to 1 and the temperature to 1 (XTC's values).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Sequence
 
@@ -19,16 +20,23 @@ import torch
 import torch.nn.functional as F
 
 
+def _same_shape(a_name, a, b_name, b, layout):
+    if a.shape != b.shape:
+        raise ValueError(f"{a_name} has shape {tuple(a.shape)} and {b_name} {tuple(b.shape)}; expected the same {layout} shape")
+
+
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Soft cross-entropy of (B, C) logits at ``temperature``: a scalar, mean over B."""
     if temperature <= 0:
         raise ValueError(f"temperature={temperature}; expected > 0")
+    _same_shape("student_logits", student_logits, "teacher_logits", teacher_logits, "(B, C)")
     target = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)
     return -(target * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
 
 
 def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """MSE over heads and (query, key) pairs of real tokens. Scores (B, H, T, T); mask (B, T) 0/1."""
+    _same_shape("student_scores", student_scores, "teacher_scores", teacher_scores, "(B, H, T, T)")
     m = attention_mask.to(torch.bool)
     pair = (m[:, :, None] & m[:, None, :])[:, None].expand_as(student_scores)
     diff = (student_scores.float() - teacher_scores.detach().float())[pair]
@@ -37,6 +45,7 @@ def attention_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor, at
 
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """MSE over real tokens and features. Hidden (B, T, D); mask (B, T) 0/1."""
+    _same_shape("student_hidden", student_hidden, "teacher_hidden", teacher_hidden, "(B, T, D)")
     m = attention_mask.to(torch.bool)
     diff = (student_hidden.float() - teacher_hidden.detach().float())[m]
     return (diff * diff).mean()
@@ -44,10 +53,20 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atten
 
 @dataclass
 class KDWeights:
+    """Weights of the three KD terms (>= 0) and the soft-CE temperature (> 0)."""
+
     logits: float = 1.0
     attention: float = 1.0
     hidden: float = 1.0
     temperature: float = 1.0
+
+    def __post_init__(self):
+        for name in ("logits", "attention", "hidden"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"KD weight {name}={v}; expected a finite value >= 0")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature}; expected a finite value > 0")
 
 
 def kd_loss(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.resources
+import os
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -39,6 +40,13 @@ def teacher_base_path() -> str:
         ) from None
 
 
+def check_model_source(path: str) -> None:
+    """A path that looks local (absolute, ./, ../, ~) must be an existing folder: without this check
+    transformers reports a missing folder as an invalid hub repository id."""
+    if (os.path.isabs(path) or path.startswith((".", "~"))) and not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"{path}: no such folder; expected a model folder (from `bitbert teacher`/`distill` or any HF BERT checkpoint)")
+
+
 def load_classifier(path: str, num_labels: Optional[int] = None, task_type: Optional[str] = None) -> BertForSequenceClassification:
     """A BertForSequenceClassification from an HF folder, with the capturing attention function.
 
@@ -48,8 +56,14 @@ def load_classifier(path: str, num_labels: Optional[int] = None, task_type: Opti
     if num_labels is not None:
         kwargs["num_labels"] = num_labels
         kwargs["problem_type"] = "regression" if task_type == "regression" else "single_label_classification"
-    model = BertForSequenceClassification.from_pretrained(path, **kwargs)
-    return model
+    check_model_source(path)
+    try:
+        return BertForSequenceClassification.from_pretrained(path, **kwargs)
+    except OSError as e:  # transformers' own message follows: a missing file, an invalid hub id, no network
+        raise FileNotFoundError(
+            f"{path}: cannot load a BERT model from it ({e}); expected a folder with config.json and "
+            "model weights (from `bitbert teacher`/`distill` or any HF BERT checkpoint), or a hub model id"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint
 from .data import Encoded, TaskData
 from .export import export_student
 from .losses import KDWeights, kd_loss, task_loss
-from .models import (QuantSpec, build_student, forward_with_internals, load_classifier, quantize_student,
+from .models import (QuantSpec, check_model_source, build_student, forward_with_internals, load_classifier, quantize_student,
                      reduce_layers, skip_layers)
 
 TASK_FILE = "kd_task.json"
@@ -56,6 +56,7 @@ def read_task_info(model_dir: str) -> dict:
 
 def finetune_teacher(data: TaskData, base: str, out_dir: str, cfg: T.TrainConfig, max_length: int = 128, resume: bool = False) -> dict:
     """Fine-tune the BERT at ``base`` on ``data`` (cross-entropy / MSE); save the best to ``out_dir``."""
+    check_model_source(base)
     tokenizer = AutoTokenizer.from_pretrained(base)
     T.set_seed(cfg.seed)  # the fresh classifier head is drawn from this seed
     model = load_classifier(base, data.num_labels, data.task_type)
@@ -103,8 +104,8 @@ class XTCConfig:
 
 def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: bool = False) -> dict:
     """Run XTC from a fine-tuned teacher folder; returns {"layer_map", "fp32": result, "quant": result, "export": path}."""
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher = load_classifier(teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher.eval().requires_grad_(False)
     device = T.resolve_device(cfg.quant.device)
     teacher.to(device)

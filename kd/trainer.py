@@ -160,6 +160,9 @@ def train(
     {"best": {step, metrics}, "final_state": state_dict at the last step, "losses": per-step losses}.
     ``on_step(step)`` is called after each optimizer step (progress hooks; tests use it to interrupt).
     """
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if resume and not os.path.exists(ckpt_path):  # before any work: nothing to continue from
+        raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist; expected a checkpoint from an earlier run in {out_dir}")
     metric = metric or M.default_metric(task_type)
     allowed = M.REGRESSION_METRICS if task_type == "regression" else M.CLASSIFICATION_METRICS
     if metric not in allowed:
@@ -188,10 +191,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(optim, _schedule(total, int(cfg.warmup * total)))
 
     step, best = 0, {"step": None, "metrics": None, "score": -math.inf}
-    ckpt_path = os.path.join(out_dir, CHECKPOINT)
     if resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"resume=True but {ckpt_path} does not exist; expected a checkpoint from an earlier run in {out_dir}")
         ck = load_checkpoint(ckpt_path)
         if ck["total_steps"] != total or ck["config"]["seed"] != cfg.seed or ck["config"]["batch_size"] != cfg.batch_size:
             raise ValueError(
