@@ -210,8 +210,8 @@ def quantize_student(model: BertForSequenceClassification, spec: QuantSpec, free
     """Swap, in place, XTC's module set for ``bitops`` layers as ``spec`` says. Returns ``model``."""
     for fam in FAMILIES:
         bits = getattr(spec, fam)
-        if bits is None:
-            continue
+        if bits is None or not any(isinstance(m, nn.Linear) and module_family(fqn) == fam for fqn, m in model.named_modules()):
+            continue  # float by the spec, or absent from this model (no pooler) or already swapped
         cfg_cls = bitops.BinaryConfig if bits == 1 else bitops.TernaryConfig
         cfg = cfg_cls(act_bits=spec.act_bits, granularity=spec.granularity, freeze=freeze)
         bitops.quantize_(model, cfg, filter_fn=lambda m, fqn, fam=fam: module_family(fqn) == fam)
