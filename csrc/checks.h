@@ -5,6 +5,7 @@
 
 #include <torch/types.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -72,8 +73,16 @@ inline int64_t check_packed_weight(const at::Tensor& w, int64_t bits, int64_t k)
 
 inline void check_finite(const char* name, const at::Tensor& t) {
   if (t.numel() == 0) return;
-  TORCH_CHECK_VALUE(at::isfinite(t).all().item<bool>(), name,
-                    " holds non-finite values (nan or inf); expected finite scales");
+  bool finite = true;
+  if (t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous()) {
+    // A plain loop: at::isfinite(t).all() dispatches ~6 ATen ops, which cost more than a small
+    // layer's whole GEMM when called twice per forward (eager BERT at batch 1 spent 9% there).
+    const float* p = t.data_ptr<float>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) finite &= std::isfinite(p[i]);
+  } else {
+    finite = at::isfinite(t).all().item<bool>();
+  }
+  TORCH_CHECK_VALUE(finite, name, " holds non-finite values (nan or inf); expected finite scales");
 }
 
 inline void check_weight_scale(const at::Tensor& s, int64_t n, int64_t k, int64_t group_size) {
