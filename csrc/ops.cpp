@@ -21,4 +21,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_has_avx2", &bitops::cpu::cpu_has_avx2, "Whether this CPU supports AVX2.");
   m.def("int8_kernel_path", &bitops::cpu::int8_kernel_path, "m"_a, "bits"_a, "groups"_a, "group_size"_a,
         "The CPU kernel packed_linear_int8 runs for such a call now: 'gemv', 'lut', 'bytes' or 'portable'.");
+  m.def("parallel_threads_used", &bitops::cpu::parallel_threads_used, "work"_a,
+        "Threads the CPU kernels' at::parallel_for runs on over `work` items now (follows torch.set_num_threads).");
 }

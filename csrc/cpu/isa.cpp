@@ -1,8 +1,10 @@
 #include "isa.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <bit>
 
 namespace bitops::cpu {
 
@@ -39,5 +41,14 @@ bool use_avx2() {
 }
 
 std::string active_isa() { return use_avx2() ? "avx2" : "portable"; }
+
+int64_t parallel_threads_used(int64_t work) {
+  // The kernels' at::parallel_for is an inline template compiled into this extension: without
+  // -fopenmp here it silently runs serially whatever torch.set_num_threads says. This runs one the
+  // same way and counts the distinct threads that took a chunk.
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, work, 1, [&](int64_t, int64_t) { seen |= uint64_t{1} << (at::get_thread_num() % 64); });
+  return std::popcount(seen.load());
+}
 
 }  // namespace bitops::cpu

@@ -3,6 +3,7 @@
 // with __attribute__((target("avx2"))) and called only when the CPU reports AVX2.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -20,5 +21,7 @@ bool cpu_has_avx2();
 void set_isa(const std::string& isa);
 std::string active_isa();
 bool use_avx2();
+// How many threads an at::parallel_for over `work` items (grain 1) in this extension runs on.
+int64_t parallel_threads_used(int64_t work);
 
 }  // namespace bitops::cpu
