@@ -5,6 +5,8 @@ An export folder holds:
 * ``model.safetensors``: every tensor of the frozen model: packed int32 words and float32 scales
   of the 1/2-bit layers (``packed_weight``, ``weight_scale``), and the float tensors that stay
   float (position/token-type embeddings, LayerNorm, biases, pooler, classifier);
+* ``config.json``: the BERT config with a ``quantization_config`` for transformers'
+  ``from_pretrained`` (:mod:`kd.hf`);
 * ``bitbert.json``: format name and version, the BERT config, the quantization spec, every packed
   module with its packing format and shapes, the layer map of the reduction, the task (type,
   labels), and the size and sha256 of ``model.safetensors``;
@@ -85,6 +87,9 @@ def export_student(
     }
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=1)
+    from .hf import write_config  # here, not at the top: kd.hf imports this module
+
+    write_config(frozen, spec, tensors, task, out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -132,10 +137,9 @@ def _swap_in_frozen(model: torch.nn.Module, fqn: str, state: dict, cfg_path: str
     setattr(model.get_submodule(parent) if parent else model, child, new.freeze())
 
 
-def load_exported(path: str, device: str = "cpu"):
-    """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
-    on the packed kernels."""
-    meta = read_export_config(path)
+def verify_weights(path: str, meta: dict) -> str:
+    """Check the weights file of export folder ``path`` against ``meta`` (its bitbert.json): present,
+    of the recorded size and sha256. Returns the file's path; raises :class:`ExportError` naming it."""
     weights = os.path.join(path, meta["weights"]["file"])
     if not os.path.isfile(weights):
         raise ExportError(f"{weights}: no such file; expected the weights named in {CONFIG_FILE}")
@@ -145,6 +149,14 @@ def load_exported(path: str, device: str = "cpu"):
     digest = sha256_file(weights)
     if digest != meta["weights"]["sha256"]:
         raise ExportError(f"{weights}: sha256 {digest}; expected {meta['weights']['sha256']} (the file is corrupted)")
+    return weights
+
+
+def load_exported(path: str, device: str = "cpu"):
+    """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
+    on the packed kernels."""
+    meta = read_export_config(path)
+    weights = verify_weights(path, meta)
     tensors = load_file(weights)
     model = build_student(BertConfig.from_dict(meta["bert_config"]), None, frozen=False)
     for fqn, state in meta["packed_modules"].items():
