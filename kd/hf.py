@@ -255,3 +255,12 @@ def write_config(frozen: torch.nn.Module, spec: QuantSpec, tensors: Mapping[str,
     ).to_dict()
     config.save_pretrained(out_dir)
     return os.path.join(out_dir, "config.json")
+
+
+def __getattr__(name):
+    # kd.hf.DistillationTrainer: loaded on first use, as importing transformers' Trainer takes seconds.
+    if name == "DistillationTrainer":
+        from .hf_trainer import DistillationTrainer
+
+        return DistillationTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
