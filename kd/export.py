@@ -43,6 +43,7 @@ class ExportError(ValueError):
 
 
 def sha256_file(path: str) -> str:
+    """Hex sha256 of the bytes of file ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -95,6 +96,7 @@ def export_student(
 
 
 def read_export_config(path: str) -> dict:
+    """The bitbert.json of export folder ``path`` as a dict, after checking its format and version."""
     cfg_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(cfg_path):
         raise ExportError(f"{cfg_path}: no such file; expected a folder written by `bitbert export`")

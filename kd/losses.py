@@ -44,6 +44,8 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atten
 
 @dataclass
 class KDWeights:
+    """Weights of the three :func:`kd_loss` terms and the softmax temperature of the logits term."""
+
     logits: float = 1.0
     attention: float = 1.0
     hidden: float = 1.0
