@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional, Sequence
 
 import torch
 from safetensors import safe_open
@@ -41,27 +42,39 @@ from .models import ATTN_IMPLEMENTATION, QuantSpec
 QUANT_METHOD = "bitbert"
 
 
-def tensors_sha256(tensors: Iterable) -> str:
-    """sha256 over (name, dtype, shape, bytes) of each tensor, by sorted name.
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of each tensor of a name -> tensor mapping, by sorted
+    name (read one at a time, so a lazy mapping such as :class:`_Checkpoint` stays lazy).
 
-    ``tensors``: a name -> tensor mapping, or an iterable of (name, tensor) pairs. A digest of the
-    tensors rather than of the file, because save_pretrained writes config.json before the weights
-    and safetensors orders its header differently from one process to the next."""
-    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    A digest of the tensors rather than of the file, because save_pretrained writes config.json
+    before the weights and safetensors orders its header differently from one process to the next."""
     h = hashlib.sha256()
-    for name, t in sorted(items, key=lambda kv: kv[0]):
-        t = t.detach().to("cpu").contiguous().reshape(-1)
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
-def _checkpoint_tensors(files: Iterable[str]):
-    """(name, tensor) pairs of safetensors ``files``, read one at a time."""
-    for path in files:
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+class _Checkpoint(Mapping):
+    """The tensors of safetensors ``files`` as a lazy name -> tensor mapping; records the (dtype,
+    shape) of each tensor it has read in ``read``."""
+
+    def __init__(self, files: Sequence[str]):
+        self._handles = [safe_open(path, framework="pt") for path in files]
+        self._where = {name: f for f in self._handles for name in f.keys()}
+        self.read: dict = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t = self._where[name].get_tensor(name)
+        self.read[name] = (t.dtype, tuple(t.shape))
+        return t
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def packed_module_states(model: torch.nn.Module) -> dict:
@@ -174,20 +187,13 @@ class BitbertHfQuantizer(HfQuantizer):
         if not checkpoint_files:
             raise export.ExportError(f"{folder}: no weights file; expected model.safetensors next to {where}")
         if qc.manifest is not None:
-            manifest = os.path.join(folder, qc.manifest)
             if qc.manifest != export.CONFIG_FILE:
                 raise export.ExportError(f"{where}: manifest {qc.manifest!r}; expected {export.CONFIG_FILE!r} or null")
             export.verify_weights(folder, export.read_export_config(folder))
         if qc.tensors_sha256 is None:
             raise export.ExportError(f"{where}: quantization_config has no tensors_sha256; export the model again")
-        shapes = {}
-
-        def recorded(pairs):
-            for name, t in pairs:
-                shapes[name] = (t.dtype, tuple(t.shape))
-                yield name, t
-
-        digest = tensors_sha256(recorded(_checkpoint_tensors(checkpoint_files)))
+        checkpoint = _Checkpoint(checkpoint_files)
+        digest = tensors_sha256(checkpoint)
         if digest != qc.tensors_sha256:
             raise export.ExportError(
                 f"{', '.join(checkpoint_files)}: tensors sha256 {digest}; expected {qc.tensors_sha256} from {where} (the weights are corrupted)"
@@ -197,12 +203,14 @@ class BitbertHfQuantizer(HfQuantizer):
         for fqn, state in qc.packed_modules.items():
             export._swap_in_frozen(model, fqn, state, cfg_path=where)
         for fqn in qc.packed_modules:
-            for name in ("packed_weight", "weight_scale"):
-                key, buf = f"{fqn}.{name}", model.get_buffer(f"{fqn}.{name}")
-                want = (buf.dtype, tuple(buf.shape))
-                if shapes.get(key) != want:
+            buffers = dict(model.get_submodule(fqn).named_buffers(recurse=False))
+            if "weight_scale" not in buffers:  # _LoadPackedScale brings the extra state with it
+                raise export.ExportError(f"{where}: packed module {fqn!r} has no weight_scale buffer; kd.hf cannot load it")
+            for name, buf in buffers.items():
+                key, want = f"{fqn}.{name}", (buf.dtype, tuple(buf.shape))
+                if checkpoint.read.get(key) != want:
                     raise export.ExportError(
-                        f"{checkpoint_files[0]}: tensor {key} is {shapes.get(key, 'missing')}; expected {want} from the packed module in {where}"
+                        f"{checkpoint_files[0]}: tensor {key} is {checkpoint.read.get(key, 'missing')}; expected {want} from the packed module in {where}"
                     )
 
     def get_load_operations(self):

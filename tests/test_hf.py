@@ -162,6 +162,14 @@ def test_damage_is_detected(exported, tmp_path):
     _flip_last_data_byte(os.path.join(out, export.WEIGHTS_FILE))
     with pytest.raises(export.ExportError, match=r"tensors sha256 .*\(the weights are corrupted\)"):
         AutoModelForSequenceClassification.from_pretrained(str(out))
+    # A config whose packed module does not match the tensors.
+    wrong = shutil.copytree(exported, tmp_path / "wrong")
+    cfg = json.load(open(wrong / "config.json"))
+    cfg["quantization_config"]["packed_modules"]["bert.encoder.layer.0.attention.self.query"]["out_features"] = 33
+    json.dump(cfg, open(wrong / "config.json", "w"))
+    with pytest.raises(export.ExportError, match=r"tensor bert.encoder.layer.0.attention.self.query.packed_weight is "
+                       r"\(torch.int32, \(32, 1\)\); expected \(torch.int32, \(33, 1\)\) from the packed module"):
+        AutoModelForSequenceClassification.from_pretrained(str(wrong))
     # A config from another format version.
     old = shutil.copytree(exported, tmp_path / "old")
     cfg = json.load(open(old / "config.json"))
