@@ -51,6 +51,19 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def packed_module_states(model: torch.nn.Module) -> dict:
+    """fqn -> extra state (format, shapes, activation settings) of every frozen packed module."""
+    states = {}
+    for fqn, m in model.named_modules():
+        if isinstance(m, PACKED_TYPES):
+            if not m.frozen:
+                raise ValueError(f"module {fqn!r} is not frozen; expected a frozen model (kd.models.freeze_student)")
+            states[fqn] = m.get_extra_state()
+    if not states:
+        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
+    return states
+
+
 def export_student(
     model: torch.nn.Module,
     spec: QuantSpec,
@@ -61,12 +74,7 @@ def export_student(
 ) -> str:
     """Freeze a copy of the quantized ``model`` and write the export folder. Returns ``out_dir``."""
     frozen = freeze_student(copy.deepcopy(model).cpu().eval())
-    packed = {}
-    for fqn, m in frozen.named_modules():
-        if isinstance(m, PACKED_TYPES):
-            packed[fqn] = m.get_extra_state()
-    if not packed:
-        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
+    packed = packed_module_states(frozen)
     tensors = {k: v.contiguous() for k, v in frozen.state_dict().items() if isinstance(v, torch.Tensor)}
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)

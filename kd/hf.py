@@ -77,19 +77,6 @@ class _Checkpoint(Mapping):
         return len(self._where)
 
 
-def packed_module_states(model: torch.nn.Module) -> dict:
-    """fqn -> extra state (format, shapes, activation settings) of every frozen packed module."""
-    states = {}
-    for fqn, m in model.named_modules():
-        if isinstance(m, export.PACKED_TYPES):
-            if not m.frozen:
-                raise ValueError(f"module {fqn!r} is not frozen; expected a frozen model (kd.models.freeze_student)")
-            states[fqn] = m.get_extra_state()
-    if not states:
-        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
-    return states
-
-
 @register_quantization_config(QUANT_METHOD)
 class BitbertQuantConfig(QuantizationConfigMixin):
     """``quantization_config`` of a packed bitbert model (written to config.json).
@@ -131,7 +118,7 @@ class BitbertQuantConfig(QuantizationConfigMixin):
     @classmethod
     def from_model(cls, model: torch.nn.Module, spec: Optional[QuantSpec] = None, **kwargs) -> "BitbertQuantConfig":
         """The config of a frozen packed ``model`` (its packed modules' states)."""
-        return cls(packed_modules=packed_module_states(model), spec=spec.to_dict() if spec is not None else None, **kwargs)
+        return cls(packed_modules=export.packed_module_states(model), spec=spec.to_dict() if spec is not None else None, **kwargs)
 
 
 class _LoadPackedScale(ConversionOps):
@@ -221,7 +208,7 @@ class BitbertHfQuantizer(HfQuantizer):
         config, which save_pretrained writes after this call."""
         tensors = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
         qc = self.quantization_config
-        qc.packed_modules = packed_module_states(model)
+        qc.packed_modules = export.packed_module_states(model)
         qc.tensors_sha256 = tensors_sha256(tensors)
         qc.manifest = None  # a bitbert.json next to these weights would describe other bytes
         return tensors, {"bitbert_format": export.FORMAT, "bitbert_format_version": str(export.FORMAT_VERSION)}
