@@ -52,6 +52,7 @@ class PackFormat(enum.Enum):
 
     @property
     def bits(self) -> int:
+        """Bits per code: 1 (SIGN1) or 2 (TERNARY2)."""
         return 1 if self is PackFormat.SIGN1 else 2
 
     @property
@@ -65,6 +66,7 @@ class PackFormat(enum.Enum):
 
     @property
     def codes_per_word(self) -> int:
+        """Codes in one int32 word: 32 (SIGN1) or 16 (TERNARY2)."""
         return WORD_BITS // self.bits
 
     def words(self, k: int) -> int:
@@ -93,6 +95,7 @@ SUPPORTED_BITS = (1, 2)
 
 
 def check_bits(bits: int, name: str = "bits") -> int:
+    """``bits`` if it is a supported code width (1 or 2), else ValueError naming ``name``."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
         raise ValueError(f"{name}={bits!r} is not supported; expected 1 (sign) or 2 (two's-complement 2-bit codes)")
     return bits

@@ -45,6 +45,8 @@ class DataError(ValueError):
 
 @dataclass
 class Example:
+    """One sentence (or sentence pair) and its label; ``id`` is the source's id where it has one."""
+
     text: str
     label: float | int  # class index (classification) or target value (regression)
     text_pair: Optional[str] = None
@@ -64,9 +66,11 @@ class TaskData:
 
     @property
     def num_labels(self) -> int:
+        """Width C of the classifier's logits (B, C): the class count, 1 for regression."""
         return len(self.labels) if self.task_type == "classification" else 1
 
     def split(self, name: str) -> List[Example]:
+        """The examples of split ``name`` ("train", "dev", "test"); DataError when it is empty."""
         if name not in ("train", "dev", "test"):
             raise ValueError(f"split={name!r}; expected 'train', 'dev' or 'test'")
         examples = getattr(self, name)

@@ -5,6 +5,8 @@ An export folder holds:
 * ``model.safetensors``: every tensor of the frozen model: packed int32 words and float32 scales
   of the 1/2-bit layers (``packed_weight``, ``weight_scale``), and the float tensors that stay
   float (position/token-type embeddings, LayerNorm, biases, pooler, classifier);
+* ``config.json``: the BERT config with a ``quantization_config`` for transformers'
+  ``from_pretrained`` (:mod:`kd.hf`);
 * ``bitbert.json``: format name and version, the BERT config, the quantization spec, every packed
   module with its packing format and shapes, the layer map of the reduction, the task (type,
   labels), and the size and sha256 of ``model.safetensors``;
@@ -41,11 +43,25 @@ class ExportError(ValueError):
 
 
 def sha256_file(path: str) -> str:
+    """Hex sha256 of the bytes of file ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def packed_module_states(model: torch.nn.Module) -> dict:
+    """fqn -> extra state (format, shapes, activation settings) of every frozen packed module."""
+    states = {}
+    for fqn, m in model.named_modules():
+        if isinstance(m, PACKED_TYPES):
+            if not m.frozen:
+                raise ValueError(f"module {fqn!r} is not frozen; expected a frozen model (kd.models.freeze_student)")
+            states[fqn] = m.get_extra_state()
+    if not states:
+        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
+    return states
 
 
 def export_student(
@@ -60,12 +76,7 @@ def export_student(
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(f"{out_dir}: exists and is not a folder; expected a folder (new or existing) for the export")
     frozen = freeze_student(copy.deepcopy(model).cpu().eval())
-    packed = {}
-    for fqn, m in frozen.named_modules():
-        if isinstance(m, PACKED_TYPES):
-            packed[fqn] = m.get_extra_state()
-    if not packed:
-        raise ValueError("model has no packed layers; expected a student quantized by kd.models.quantize_student")
+    packed = packed_module_states(frozen)
     tensors = {k: v.contiguous() for k, v in frozen.state_dict().items() if isinstance(v, torch.Tensor)}
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)
@@ -87,11 +98,15 @@ def export_student(
     }
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(meta, f, indent=1)
+    from .hf import write_config  # here, not at the top: kd.hf imports this module
+
+    write_config(frozen, spec, tensors, task, out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
 def read_export_config(path: str) -> dict:
+    """The bitbert.json of export folder ``path`` as a dict, after checking its format and version."""
     cfg_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(cfg_path):
         raise ExportError(f"{cfg_path}: no such file; expected a folder written by `bitbert export`")
@@ -137,10 +152,9 @@ def _swap_in_frozen(model: torch.nn.Module, fqn: str, state: dict, cfg_path: str
     setattr(model.get_submodule(parent) if parent else model, child, new.freeze())
 
 
-def load_exported(path: str, device: str = "cpu"):
-    """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
-    on the packed kernels."""
-    meta = read_export_config(path)
+def verify_weights(path: str, meta: dict) -> str:
+    """Check the weights file of export folder ``path`` against ``meta`` (its bitbert.json): present,
+    of the recorded size and sha256. Returns the file's path; raises :class:`ExportError` naming it."""
     weights = os.path.join(path, meta["weights"]["file"])
     if not os.path.isfile(weights):
         raise ExportError(f"{weights}: no such file; expected the weights named in {CONFIG_FILE}")
@@ -150,6 +164,14 @@ def load_exported(path: str, device: str = "cpu"):
     digest = sha256_file(weights)
     if digest != meta["weights"]["sha256"]:
         raise ExportError(f"{weights}: sha256 {digest}; expected {meta['weights']['sha256']} (the file is corrupted)")
+    return weights
+
+
+def load_exported(path: str, device: str = "cpu"):
+    """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
+    on the packed kernels."""
+    meta = read_export_config(path)
+    weights = verify_weights(path, meta)
     tensors = load_file(weights)
     model = build_student(BertConfig.from_dict(meta["bert_config"]), None, frozen=False)
     for fqn, state in meta["packed_modules"].items():

@@ -53,7 +53,7 @@ def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, atten
 
 @dataclass
 class KDWeights:
-    """Weights of the three KD terms (>= 0) and the soft-CE temperature (> 0)."""
+    """Weights of the three :func:`kd_loss` terms (>= 0) and the softmax temperature of the logits term (> 0)."""
 
     logits: float = 1.0
     attention: float = 1.0

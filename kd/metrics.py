@@ -12,6 +12,7 @@ REGRESSION_METRICS = ("pearson", "spearman")
 
 
 def accuracy(pred: torch.Tensor, gold: torch.Tensor) -> float:
+    """Fraction of equal entries of two (N,) class-index tensors."""
     return float((pred == gold).float().mean())
 
 
@@ -35,6 +36,7 @@ def mcc(pred: torch.Tensor, gold: torch.Tensor) -> float:
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two (N,) float tensors (0.0 when either is constant)."""
     x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
     den = float(x.norm() * y.norm())
     return float((x * y).sum()) / den if den else 0.0
@@ -52,6 +54,7 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation of two (N,) float tensors (ties get their mean rank)."""
     return pearson(_ranks(x), _ranks(y))
 
 
@@ -65,4 +68,5 @@ def compute(task_type: str, logits: torch.Tensor, gold: torch.Tensor) -> Dict[st
 
 
 def default_metric(task_type: str) -> str:
+    """The metric that picks the best checkpoint: "pearson" (regression) or "accuracy"."""
     return "pearson" if task_type == "regression" else "accuracy"

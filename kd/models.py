@@ -187,6 +187,7 @@ class QuantSpec:
             raise ValueError(f"embedding_bits={self.embedding_bits!r}; expected 1 or None (float)")
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (``QuantSpec(**d)`` reads it back)."""
         return asdict(self)
 
 

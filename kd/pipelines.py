@@ -47,6 +47,7 @@ def _save_hf(model, tokenizer, out_dir: str, info: dict) -> None:
 
 
 def read_task_info(model_dir: str) -> dict:
+    """The task record (task, task_type, labels, role, ...) that `bitbert teacher` / `distill` wrote in ``model_dir``."""
     path = os.path.join(model_dir, TASK_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file; expected a folder written by `bitbert teacher` or `bitbert distill`")

@@ -99,6 +99,7 @@ def _nonfinite_gradient(model: nn.Module, loss: torch.Tensor) -> Optional[str]:
 
 
 def set_seed(seed: int) -> None:
+    """Seed torch's CPU and CUDA generators."""
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
 
@@ -128,6 +129,7 @@ def predict_logits(model: nn.Module, enc: Encoded, batch_size: int = 64, device=
 
 
 def evaluate(model: nn.Module, enc: Encoded, task_type: str, batch_size: int = 64) -> Dict[str, float]:
+    """Metrics of ``model`` on ``enc`` (:func:`kd.metrics.compute`: accuracy, f1, mcc, or pearson, spearman)."""
     return M.compute(task_type, predict_logits(model, enc, batch_size), enc.labels)
 
 
