@@ -81,7 +81,9 @@ def export_student(
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)
     tmp = weights + ".tmp"
-    save_file(tensors, tmp, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    # One metadata key: safetensors writes the metadata map in hash order, random per process, so two
+    # keys made the bytes (and the recorded sha256) of identical exports differ between runs.
+    save_file(tensors, tmp, metadata={"format": f"{FORMAT}/{FORMAT_VERSION}"})
     os.replace(tmp, weights)
     config = frozen.config.to_dict()
     config.pop("_attn_implementation_autoset", None)

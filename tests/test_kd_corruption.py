@@ -172,3 +172,16 @@ def test_damaged_export_manifest_is_refused(artifacts, tmp_path, fault):
     damage(dst)
     with pytest.raises(export.ExportError, match=message):
         export.load_exported(dst)
+
+
+def test_export_bytes_are_reproducible(artifacts, tmp_path):
+    """The same model exported again gives the same bytes, so the recorded sha256 identifies it."""
+    from kd.models import QuantSpec as Spec
+
+    _, tok, meta = export.load_exported(artifacts["export"])
+    digests = set()
+    for i in range(4):  # the metadata map's order was random per save when it had two keys
+        model, _, _ = export.load_exported(artifacts["export"])
+        out = export.export_student(model, Spec(**meta["quant"]), tok, str(tmp_path / f"e{i}"), meta["task"], meta["layer_map"])
+        digests.add(export.sha256_file(os.path.join(out, export.WEIGHTS_FILE)))
+    assert len(digests) == 1
