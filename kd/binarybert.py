@@ -69,7 +69,8 @@ class BinaryBERTConfig:
     ``general``: the General KD budget, None to skip it; ``general_text_file``: its corpus (None:
     the archive's other snippets plus the task's training texts); ``general_max_texts`` caps it
     (0: all). Stage budgets: ``fp32_stage1/2`` (used with reduction), ``ternary_stage1/2``,
-    ``split_stage1`` (None: Stage II only after TWS) and ``split_stage2``.
+    ``split_stage1`` and ``split_stage2``; a Stage-I budget of None skips that Stage I (the
+    default after TWS: Stage II only).
     ``act_bits`` 8 (PACT clip) or 4 (LSQ); ``granularity`` of the weight scales ("tensor": the
     reference's per matrix, or "row"); ``pooler_bits``/``embedding_bits`` 2 (ternary, then split)
     or None (float).
@@ -81,9 +82,9 @@ class BinaryBERTConfig:
     general: Optional[T.TrainConfig] = None
     general_text_file: Optional[str] = None
     general_max_texts: int = 0
-    fp32_stage1: T.TrainConfig = field(default_factory=T.TrainConfig)
+    fp32_stage1: Optional[T.TrainConfig] = field(default_factory=T.TrainConfig)
     fp32_stage2: T.TrainConfig = field(default_factory=T.TrainConfig)
-    ternary_stage1: T.TrainConfig = field(default_factory=lambda: T.TrainConfig(epochs=2, batch_size=16, lr=2.5e-5))
+    ternary_stage1: Optional[T.TrainConfig] = field(default_factory=lambda: T.TrainConfig(epochs=2, batch_size=16, lr=2.5e-5))
     ternary_stage2: T.TrainConfig = field(default_factory=lambda: T.TrainConfig(epochs=2, batch_size=16, lr=1e-5))
     split_stage1: Optional[T.TrainConfig] = None
     split_stage2: T.TrainConfig = field(default_factory=lambda: T.TrainConfig(epochs=2, batch_size=16, lr=5e-5))
@@ -178,7 +179,7 @@ def binarybert(data: TaskData, teacher_dir: str, out_dir: str, cfg: BinaryBERTCo
         folder = os.path.join(out_dir, "fp32-student")
         fp32 = _two_stages(student, teacher, layer_map, data, encs, cfg.fp32_stage1, cfg.fp32_stage2, folder,
                            cfg.temperature, resume, "FP32 student")
-        results["fp32_stage1"], results["fp32_stage2"] = fp32["stage1"], fp32["stage2"]
+        results.update({f"fp32_{k}": v for k, v in fp32.items()})
         if _is_main():
             _save_hf(student.cpu(), tokenizer, folder, {**data.info(), "role": "fp32-student", "layer_map": layer_map,
                                                          "max_length": cfg.max_length, "best": fp32["stage2"]["best"]})
@@ -193,7 +194,7 @@ def binarybert(data: TaskData, teacher_dir: str, out_dir: str, cfg: BinaryBERTCo
     tdir = os.path.join(out_dir, "ternary-student")
     tern = _two_stages(student, teacher, layer_map, data, encs, cfg.ternary_stage1, cfg.ternary_stage2, tdir,
                        cfg.temperature, resume, "ternary student")
-    results["ternary_stage1"], results["ternary_stage2"] = tern["stage1"], tern["stage2"]
+    results.update({f"ternary_{k}": v for k, v in tern.items()})
     if _is_main():
         write_student_dir(tdir, student.cpu(), spec, tokenizer, {**info, "role": "ternary-student", "best": tern["stage2"]["best"]})
 
@@ -204,9 +205,7 @@ def binarybert(data: TaskData, teacher_dir: str, out_dir: str, cfg: BinaryBERTCo
     qdir = os.path.join(out_dir, "1bit-student")
     split = _two_stages(student, teacher, layer_map, data, encs, cfg.split_stage1, cfg.split_stage2, qdir,
                         cfg.temperature, resume, "1-bit (split) student")
-    if "stage1" in split:
-        results["split_stage1"] = split["stage1"]
-    results["split_stage2"] = split["stage2"]
+    results.update({f"split_{k}": v for k, v in split.items()})
     results["quant"] = split["stage2"]  # the final model, under the key xtc uses
     results["layer_map"] = layer_map
     if _is_main():
@@ -218,11 +217,13 @@ def binarybert(data: TaskData, teacher_dir: str, out_dir: str, cfg: BinaryBERTCo
 
 def ternarybert_config(student_layers: int = 0, teacher_layers: Optional[List[int]] = None, granularity: str = "tensor",
                        weights: Optional[KDWeights] = None, fp32: Optional[T.TrainConfig] = None,
-                       quant: Optional[T.TrainConfig] = None, max_length: int = 128) -> XTCConfig:
+                       quant: Optional[T.TrainConfig] = None, max_length: int = 128,
+                       pooler_bits: Optional[int] = 2, embedding_bits: Optional[int] = 2) -> XTCConfig:
     """TernaryBERT as an XTC run: W2A8 (TWN weights, ternary word embeddings and pooler, PACT
     activations from +-2.5), joint KD with logits + attention + hidden (weights 1), lr 2e-5, 3
     epochs, no layer reduction by default; the student folder is ``2bit-student``."""
-    spec = QuantSpec(attention=2, ffn1=2, ffn2=2, pooler=2, embedding_bits=2, act_bits=8, granularity=granularity, act_quant="pact")
+    spec = QuantSpec(attention=2, ffn1=2, ffn2=2, pooler=pooler_bits, embedding_bits=embedding_bits, act_bits=8,
+                     granularity=granularity, act_quant="pact")
     return XTCConfig(student_layers=student_layers, teacher_layers=teacher_layers, spec=spec, weights=weights or KDWeights(),
                      fp32=fp32 or T.TrainConfig(epochs=3, lr=2e-5), quant=quant or T.TrainConfig(epochs=3, lr=2e-5),
                      max_length=max_length, quant_dir="2bit-student")
