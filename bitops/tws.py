@@ -84,6 +84,15 @@ def tws_weights(w: torch.Tensor, granularity: str = "tensor") -> Tuple[torch.Ten
     return w1.reshape(shape), w2.reshape(shape), codes, alpha.contiguous()
 
 
+def _latent_weight(module: nn.Module, expected: type, arg: str) -> torch.Tensor:
+    """The latent weight of a training-state ternary module, or a clear error."""
+    if not isinstance(module, expected):
+        raise TypeError(f"{arg} is a {type(module).__name__}; expected bitops.{expected.__name__}")
+    if module.frozen:
+        raise ValueError(f"{arg} is frozen (its latent weights are gone); expected a training-state {expected.__name__}")
+    return module.weight
+
+
 class SplitBinaryLinear(BinaryLinear):
     """A TWS-split ternary Linear: one 1-bit layer of input width 2 * in_features (module docstring).
 
@@ -107,11 +116,7 @@ class SplitBinaryLinear(BinaryLinear):
     @classmethod
     def from_ternary(cls, layer: TernaryLinear) -> "SplitBinaryLinear":
         """The split of a training-state ternary layer (same activation quantizer and its parameters)."""
-        if not isinstance(layer, TernaryLinear):
-            raise TypeError(f"layer is a {type(layer).__name__}; expected bitops.TernaryLinear")
-        if layer.frozen:
-            raise ValueError("layer is frozen (its latent weights are gone); expected a training-state TernaryLinear")
-        w = layer.weight
+        w = _latent_weight(layer, TernaryLinear, "layer")
         split = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.act_bits, layer.act_quant,
                     layer.granularity, device=w.device, dtype=w.dtype)
         w1, w2, _, _ = tws_weights(w, layer.granularity)
@@ -154,15 +159,11 @@ class SplitBinaryEmbedding(BinaryEmbedding):
     @classmethod
     def from_ternary(cls, emb: TernaryEmbedding) -> "SplitBinaryEmbedding":
         """The per-row split of a training-state ternary table."""
-        if not isinstance(emb, TernaryEmbedding):
-            raise TypeError(f"emb is a {type(emb).__name__}; expected bitops.TernaryEmbedding")
-        if emb.frozen:
-            raise ValueError("emb is frozen (its latent rows are gone); expected a training-state TernaryEmbedding")
-        w = emb.weight
+        w = _latent_weight(emb, TernaryEmbedding, "emb")
         split = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, device=w.device, dtype=w.dtype)
         w1, w2, _, _ = tws_weights(w, "row")
         with torch.no_grad():
-            split.weight.copy_(torch.stack([w1, w2], dim=1).reshape(emb.num_embeddings, -1))
+            split.weight.copy_(torch.cat([w1, w2], dim=1))  # row v: [w1_v | w2_v]
         return split
 
 
