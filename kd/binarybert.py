@@ -143,7 +143,7 @@ def general_kd(data: TaskData, base: str, layer_map: List[int], cfg: BinaryBERTC
     teacher = load_classifier(base, data.num_labels, data.task_type).eval().requires_grad_(False)
     student = reduce_layers(teacher, layer_map)
     student.requires_grad_(True)
-    unlabeled = Encoded([Example(text=t, label=0 if data.task_type == "classification" else 0.0) for t in texts],
+    unlabeled = Encoded([Example(text=t, label=0) for t in texts],
                         tokenizer, cfg.max_length, data.task_type)
     dev = Encoded(data.split("dev")[:64], tokenizer, cfg.max_length, data.task_type)
     teacher.to(T.resolve_device(cfg.general.device))
