@@ -3,7 +3,9 @@ inference.
 
 * ``bitops.pack`` / ``bitops.unpack``: codes <-> packed int32 words (layouts: ``bitops.formats``).
 * ``bitops.BinaryLinear`` / ``bitops.TernaryLinear``: drop-in nn.Linear replacements.
-* ``bitops.BinaryEmbedding``: word embeddings with 1-bit rows and per-row scales.
+* ``bitops.BinaryEmbedding`` / ``bitops.TernaryEmbedding``: word embeddings with 1/2-bit rows.
+* ``bitops.tws_split_(model)``: Ternary Weight Splitting of a ternary model into 1-bit layers
+  (``bitops.SplitBinaryLinear``, ``bitops.SplitBinaryEmbedding``; see ``bitops.tws``).
 * ``bitops.quantize_(model, BinaryConfig())``: swap a model's Linear layers in place.
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
@@ -14,13 +16,15 @@ import torch
 from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
 from ._ops import ops
 from .api import BinaryConfig, TernaryConfig, quantize_
-from .embedding import BinaryEmbedding
+from .embedding import BinaryEmbedding, TernaryEmbedding
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
+from .tws import SplitBinaryEmbedding, SplitBinaryLinear, tws_split_, tws_weights
 from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA kernels from Triton: see bitops.triton)
 
 __all__ = [
-    "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "BinaryConfig", "TernaryConfig",
+    "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "TernaryEmbedding",
+    "SplitBinaryLinear", "SplitBinaryEmbedding", "tws_split_", "tws_weights", "BinaryConfig", "TernaryConfig",
     "quantize_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"

@@ -37,10 +37,10 @@ class FrozenPackedState:
             raise ValueError(f"{self._state_kind} state version {got!r}; expected {STATE_VERSION}")
         mine = self.get_extra_state()
         for key in self._checked_state_keys:
-            if state.get(key) != mine[key]:
+            if state.get(key) != mine.get(key):  # an absent key (e.g. "halves" of an unsplit layer) is None
                 raise ValueError(
                     f"state_dict was saved from a {self._state_kind} with {key}={state.get(key)!r}; "
-                    f"this one has {key}={mine[key]!r}"
+                    f"this one has {key}={mine.get(key)!r}"
                 )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -54,8 +54,8 @@ class _TrainingLinearFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_hat, q, x_scale, weight, bias, bits, granularity, group_size):
-        codes, w_scale, gs = Q.quantize_weight(weight, bits, granularity, group_size)
+    def forward(ctx, x_hat, q, x_scale, weight, bias, bits, quantize):
+        codes, w_scale, gs = quantize(weight)
         packed = ops.pack_bits(codes, bits)
         k = weight.shape[1]
         y = _packed_forward(x_hat, q, x_scale, packed, w_scale, bias, bits, k, gs)
@@ -71,7 +71,7 @@ class _TrainingLinearFn(torch.autograd.Function):
         grad_w = None
         if ctx.needs_input_grad[3]:
             grad_w = (grad_y.to(torch.float32).t() @ x_hat.to(torch.float32)).to(ctx.weight_dtype)
-        return grad_x.to(x_hat.dtype), None, None, grad_w, grad_b, None, None, None
+        return grad_x.to(x_hat.dtype), None, None, grad_w, grad_b, None, None
 
 
 class _FrozenLinearFn(torch.autograd.Function):
@@ -107,7 +107,7 @@ class _PackedLinear(FrozenPackedState, nn.Module):
     """Shared body of BinaryLinear and TernaryLinear; subclasses fix ``weight_format``."""
 
     _state_kind = "packed layer"
-    _checked_state_keys = ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant")
+    _checked_state_keys = ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant", "halves")
 
     weight_format: PackFormat
 
@@ -175,6 +175,20 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         return layer
 
     # -- quantization ------------------------------------------------------------------------
+    @property
+    def kernel_in_features(self) -> int:
+        """K of the packed matrix the kernels see (in_features here; a split layer doubles it)."""
+        return self.in_features
+
+    def quantize_latent(self, weight: torch.Tensor):
+        """(codes int8, scale float32 (N, G), group_size) of latent ``weight`` (N, kernel_in_features)."""
+        return Q.quantize_weight(weight, self.bits, self.granularity, self.group_size)
+
+    def kernel_inputs(self, x_hat, q, x_scale):
+        """The (x_hat, q, x_scale) the kernel multiplies with the packed matrix; a split layer
+        repeats the input once per half."""
+        return x_hat, q, x_scale
+
     def quantize_input(self, x2d: torch.Tensor):
         """(x_hat, q, x_scale) for a (M, K) input; q and x_scale are None for float activations."""
         if self.act_bits is None:
@@ -196,7 +210,7 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         if self.frozen:
             return self.packed_weight, self.weight_scale
         with torch.no_grad():
-            codes, scale, _ = Q.quantize_weight(self.weight, self.bits, self.granularity, self.group_size)
+            codes, scale, _ = self.quantize_latent(self.weight)
             return ops.pack_bits(codes, self.bits), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,16 +226,14 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         x2d = x.reshape(-1, self.in_features)
         if self.act_bits is not None and x2d.dtype != torch.float32:
             x2d = x2d.to(torch.float32)  # activation scales and int8 codes are computed in fp32
-        x_hat, q, x_scale = self.quantize_input(x2d)
+        x_hat, q, x_scale = self.kernel_inputs(*self.quantize_input(x2d))
         if self.frozen:
-            args = (x_hat, q, x_scale, self.packed_weight, self.weight_scale, self.bias, self.bits, self.in_features, self.group_size)
+            args = (x_hat, q, x_scale, self.packed_weight, self.weight_scale, self.bias, self.bits, self.kernel_in_features, self.group_size)
             needs_grad = torch.is_grad_enabled() and (x_hat.requires_grad or (self.bias is not None and self.bias.requires_grad))
             # Inference calls the op directly: autograd.Function.apply costs ~10% of a small layer.
             y = _FrozenLinearFn.apply(*args) if needs_grad else _packed_forward(*args)
         else:
-            y = _TrainingLinearFn.apply(
-                x_hat, q, x_scale, self.weight, self.bias, self.bits, self.granularity, self.group_size
-            )
+            y = _TrainingLinearFn.apply(x_hat, q, x_scale, self.weight, self.bias, self.bits, self.quantize_latent)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     # -- freezing and serialization ---------------------------------------------------------

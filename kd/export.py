@@ -29,13 +29,15 @@ from transformers import AutoTokenizer, BertConfig
 
 import bitops
 
-from .models import QuantSpec, build_student, freeze_student
+from .models import PACKED_TYPES, QuantSpec, build_student, freeze_student
 
 FORMAT = "bitbert-packed"
-FORMAT_VERSION = 1
+# Version 2 adds ternary word embeddings and TWS-split modules ("halves": 2 in their manifest
+# entry); a version-1 folder is a valid version-2 folder without them, so both are read.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 CONFIG_FILE = "bitbert.json"
 WEIGHTS_FILE = "model.safetensors"
-PACKED_TYPES = (bitops.BinaryLinear, bitops.TernaryLinear, bitops.BinaryEmbedding)
 
 
 class ExportError(ValueError):
@@ -119,9 +121,10 @@ def read_export_config(path: str) -> dict:
         raise ExportError(f"{cfg_path}: not valid JSON ({e}); the file is damaged, export again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ExportError(f"{cfg_path}: format {meta.get('format') if isinstance(meta, dict) else None!r}; expected {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS:
         raise ExportError(
-            f"{cfg_path}: format_version {meta.get('format_version')!r}; this bitbert reads version {FORMAT_VERSION}. "
+            f"{cfg_path}: format_version {meta.get('format_version')!r}; this bitbert reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}. "
             "Export the model again with this version"
         )
     return meta
@@ -134,18 +137,21 @@ def _swap_in_frozen(model: torch.nn.Module, fqn: str, state: dict, cfg_path: str
         old = model.get_submodule(fqn)
     except AttributeError:
         raise ExportError(f"{cfg_path}: packed module {fqn!r} does not exist in the model its bert_config describes") from None
-    fmt = state.get("format")
-    if isinstance(old, torch.nn.Embedding) and fmt == bitops.PackFormat.SIGN1.value:
-        new = bitops.BinaryEmbedding(state["num_embeddings"], state["embedding_dim"], old.padding_idx)
-    elif isinstance(old, torch.nn.Linear) and fmt in (bitops.PackFormat.SIGN1.value, bitops.PackFormat.TERNARY2.value):
-        cls = bitops.BinaryLinear if fmt == bitops.PackFormat.SIGN1.value else bitops.TernaryLinear
-        new = cls(
-            state["in_features"], state["out_features"], bias=old.bias is not None, act_bits=state["act_bits"],
-            act_quant=state["act_quant"], granularity=state["granularity"],
-            group_size=state["group_size"] if state["granularity"] == "group" else None,
-        )
+    fmt, split = state.get("format"), state.get("halves", 1) == 2
+    sign1, ternary2 = bitops.PackFormat.SIGN1.value, bitops.PackFormat.TERNARY2.value
+    if isinstance(old, torch.nn.Embedding) and fmt in (sign1, ternary2):
+        cls = bitops.TernaryEmbedding if fmt == ternary2 else bitops.SplitBinaryEmbedding if split else bitops.BinaryEmbedding
+        new = cls(state["num_embeddings"], state["embedding_dim"], old.padding_idx)
+    elif isinstance(old, torch.nn.Linear) and fmt in (sign1, ternary2):
+        kwargs = dict(bias=old.bias is not None, act_bits=state["act_bits"], act_quant=state["act_quant"], granularity=state["granularity"])
+        if fmt == sign1 and split:
+            new = bitops.SplitBinaryLinear(state["in_features"], state["out_features"], **kwargs)
+        else:
+            cls = bitops.BinaryLinear if fmt == sign1 else bitops.TernaryLinear
+            new = cls(state["in_features"], state["out_features"],
+                      group_size=state["group_size"] if state["granularity"] == "group" else None, **kwargs)
     else:
-        raise ExportError(f"{cfg_path}: packed module {fqn!r} has format {fmt!r} over a {type(old).__name__}; expected sign1/ternary2 Linear or sign1 Embedding")
+        raise ExportError(f"{cfg_path}: packed module {fqn!r} has format {fmt!r} over a {type(old).__name__}; expected sign1/ternary2 Linear or Embedding")
     try:
         new.set_extra_state(state)
     except (KeyError, TypeError, ValueError) as e:

@@ -102,10 +102,10 @@ class BitbertQuantConfig(QuantizationConfigMixin):
         self.quant_method = QUANT_METHOD
         if format != export.FORMAT:
             raise ValueError(f"quantization_config format={format!r}; expected {export.FORMAT!r}")
-        if format_version != export.FORMAT_VERSION:
+        if format_version not in export.READ_VERSIONS:
             raise ValueError(
-                f"quantization_config format_version={format_version!r}; this bitbert reads version "
-                f"{export.FORMAT_VERSION}. Export the model again with this version"
+                f"quantization_config format_version={format_version!r}; this bitbert reads versions "
+                f"{', '.join(map(str, export.READ_VERSIONS))}. Export the model again with this version"
             )
         if not isinstance(packed_modules, dict) or not packed_modules:
             raise ValueError(f"quantization_config packed_modules={packed_modules!r}; expected a non-empty dict fqn -> packed module state")

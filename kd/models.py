@@ -168,7 +168,10 @@ def reduce_layers(teacher: BertForSequenceClassification, teacher_layers: Sequen
 @dataclass
 class QuantSpec:
     """How the student is quantized. Weight bits per module family: 1 (binary) or 2 (ternary), and
-    None (float) for the pooler; ``embedding_bits``: 1 (binary rows) or None (float word embeddings)."""
+    None (float) for the pooler; ``embedding_bits``: 1 (binary rows), 2 (ternary rows) or None
+    (float word embeddings). ``act_quant``: "dynamic" (per-token, XTC), "pact" (learnable clip,
+    BinaryBERT's A8) or "lsq" (learned step, BinaryBERT's A4). ``split``: every 2-bit module has
+    been split by TWS into two 1-bit halves (:mod:`bitops.tws`; BinaryBERT's final model)."""
 
     attention: int = 1
     ffn1: int = 1
@@ -177,14 +180,18 @@ class QuantSpec:
     embedding_bits: Optional[int] = 1
     act_bits: Optional[int] = 8
     granularity: str = "row"
+    act_quant: str = "dynamic"
+    split: bool = False
 
     def __post_init__(self):
         for fam in FAMILIES:
             allowed = (1, 2, None) if fam == "pooler" else (1, 2)
             if getattr(self, fam) not in allowed:
                 raise ValueError(f"{fam} bits={getattr(self, fam)!r}; expected one of {allowed} (1 binary, 2 ternary, None float)")
-        if self.embedding_bits not in (1, None):
-            raise ValueError(f"embedding_bits={self.embedding_bits!r}; expected 1 or None (float)")
+        if self.embedding_bits not in (1, 2, None):
+            raise ValueError(f"embedding_bits={self.embedding_bits!r}; expected 1, 2 or None (float)")
+        if self.act_quant not in bitops.nn.ACT_QUANTS:
+            raise ValueError(f"act_quant={self.act_quant!r}; expected one of {bitops.nn.ACT_QUANTS}")
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict (``QuantSpec(**d)`` reads it back)."""
@@ -207,28 +214,36 @@ def module_family(fqn: str) -> Optional[str]:
     return None
 
 
+# Every packed module kind (the split layers of bitops.tws are subclasses of the binary ones).
+PACKED_TYPES = (bitops.BinaryLinear, bitops.TernaryLinear, bitops.BinaryEmbedding, bitops.TernaryEmbedding)
+
+
 def quantize_student(model: BertForSequenceClassification, spec: QuantSpec, freeze: bool = False) -> BertForSequenceClassification:
-    """Swap, in place, XTC's module set for ``bitops`` layers as ``spec`` says. Returns ``model``."""
+    """Swap, in place, XTC's module set for ``bitops`` layers as ``spec`` says (with ``spec.split``,
+    then split every ternary module by TWS). Returns ``model``."""
     for fam in FAMILIES:
         bits = getattr(spec, fam)
         if bits is None or not any(isinstance(m, nn.Linear) and module_family(fqn) == fam for fqn, m in model.named_modules()):
             continue  # float by the spec, or absent from this model (no pooler) or already swapped
         cfg_cls = bitops.BinaryConfig if bits == 1 else bitops.TernaryConfig
-        cfg = cfg_cls(act_bits=spec.act_bits, granularity=spec.granularity, freeze=freeze)
+        cfg = cfg_cls(act_bits=spec.act_bits, act_quant=spec.act_quant, granularity=spec.granularity)
         bitops.quantize_(model, cfg, filter_fn=lambda m, fqn, fam=fam: module_family(fqn) == fam)
-    if spec.embedding_bits == 1:
+    if spec.embedding_bits is not None:
         emb = model.bert.embeddings
-        if not isinstance(emb.word_embeddings, bitops.BinaryEmbedding):
-            emb.word_embeddings = bitops.BinaryEmbedding.from_embedding(emb.word_embeddings)
-        if freeze:
-            emb.word_embeddings.freeze()
+        cls = bitops.BinaryEmbedding if spec.embedding_bits == 1 else bitops.TernaryEmbedding
+        if not isinstance(emb.word_embeddings, PACKED_TYPES):
+            emb.word_embeddings = cls.from_embedding(emb.word_embeddings)
+    if spec.split:
+        bitops.tws_split_(model)
+    if freeze:
+        freeze_student(model)
     return model
 
 
 def freeze_student(model: nn.Module) -> nn.Module:
     """Freeze every packed layer in place (latent weights dropped). Returns ``model``."""
     for m in model.modules():
-        if isinstance(m, (bitops.BinaryLinear, bitops.TernaryLinear, bitops.BinaryEmbedding)):
+        if isinstance(m, PACKED_TYPES):
             m.freeze()
     return model
 

@@ -11,6 +11,8 @@ Folder layout written under ``out_dir``::
     xtc:            fp32-student/ (HF folder as above; absent without reduction)
                     1bit-student/ (student.json + train/best_model.pt: latent weights)
                     export/       (the frozen packed model: kd.export)
+
+BinaryBERT and TernaryBERT: :mod:`kd.binarybert`.
 """
 from __future__ import annotations
 
@@ -101,6 +103,7 @@ class XTCConfig:
     fp32: T.TrainConfig = field(default_factory=T.TrainConfig)
     quant: T.TrainConfig = field(default_factory=T.TrainConfig)
     max_length: int = 128
+    quant_dir: str = "1bit-student"  # folder of the quantized student ("2bit-student" for TernaryBERT)
 
 
 def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: bool = False) -> dict:
@@ -132,11 +135,11 @@ def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: 
         teacher.to(device)
     student.cpu()
     quantize_student(student, cfg.spec)
-    qdir = os.path.join(out_dir, "1bit-student")
+    qdir = os.path.join(out_dir, cfg.quant_dir)
     results["quant"] = T.train(
         student, train_enc, dev_enc, kd_loss_fn(teacher, layer_map, data.task_type, cfg.weights), cfg.quant,
-        os.path.join(qdir, "train"), data.task_type, resume=resume and _done_or_started(out_dir, "1bit-student"),
-        desc="1-bit student",
+        os.path.join(qdir, "train"), data.task_type, resume=resume and _done_or_started(out_dir, cfg.quant_dir),
+        desc=f"{cfg.quant_dir} (KD)",
     )
     results["layer_map"] = layer_map
     if _is_main():

@@ -95,7 +95,7 @@ def test_export_damage_is_detected(tiny_run, tmp_path):
     meta = json.load(open(c))
     meta["format_version"] = 99
     json.dump(meta, open(c, "w"))
-    with pytest.raises(export.ExportError, match="format_version 99; this bitbert reads version 1"):
+    with pytest.raises(export.ExportError, match="format_version 99; this bitbert reads versions 1, 2"):
         export.load_exported(old)
     with pytest.raises(export.ExportError, match="no such file"):
         export.load_exported(str(tmp_path))
