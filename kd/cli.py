@@ -321,27 +321,13 @@ def cmd_export(a) -> None:
 
 
 def cmd_predict(a) -> None:
-    import torch
+    from .export import predict
 
-    from .export import load_exported
-
-    model, tok, meta = load_exported(a.model)
     stream = sys.stdin if a.input == "-" else open(a.input, encoding="utf-8", errors="strict")
     with stream:
         lines = [line.rstrip("\n") for line in stream if line.strip()]
-    labels = meta["task"].get("labels") or []
-    for start in range(0, len(lines), a.batch_size):
-        chunk = lines[start:start + a.batch_size]
-        enc = tok(chunk, truncation=True, max_length=a.max_length, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            logits = model(**{k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}).logits
-        for text, row in zip(chunk, logits):
-            if meta["task"]["task_type"] == "regression":
-                print(f"{float(row[0]):.4f}\t{text}")
-            else:
-                probs = row.softmax(-1)
-                k = int(probs.argmax())
-                print(f"{labels[k] if k < len(labels) else k}\t{float(probs[k]):.4f}\t{text}")
+    for text, p in zip(lines, predict(a.model, lines, a.batch_size, a.max_length)):
+        print(f"{p['score']:.4f}\t{text}" if "label" not in p else f"{p['label']}\t{p['score']:.4f}\t{text}")
 
 
 COMMANDS = {"teacher": cmd_teacher, "distill": cmd_distill, "compare": cmd_compare, "eval": cmd_eval, "export": cmd_export,

@@ -21,7 +21,7 @@ import copy
 import hashlib
 import json
 import os
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -193,3 +193,27 @@ def load_exported(path: str, device: str = "cpu"):
         raise ExportError(f"{weights}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}; expected the layout in {CONFIG_FILE}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model.to(device).eval(), tokenizer, meta
+
+
+def predict(model_dir: str, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> List[dict]:
+    """Run the exported model in ``model_dir`` on ``texts`` (what ``bitbert predict`` prints).
+
+    Returns one dict per text: ``{"label": name or index, "score": probability}`` for classification,
+    ``{"score": value}`` for regression. Texts are tokenized in batches of ``batch_size``, truncated to
+    ``max_length`` tokens, and run on the packed kernels."""
+    model, tok, meta = load_exported(model_dir)
+    labels = meta["task"].get("labels") or []
+    regression = meta["task"].get("task_type") == "regression"
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tok(list(texts[start:start + batch_size]), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}).logits
+        for row in logits:
+            if regression:
+                out.append({"score": float(row[0])})
+            else:
+                probs = row.softmax(-1)
+                k = int(probs.argmax())
+                out.append({"label": labels[k] if k < len(labels) else k, "score": float(probs[k])})
+    return out

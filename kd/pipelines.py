@@ -172,3 +172,19 @@ def load_student_dir(qdir: str):
     model = build_student(BertConfig.from_dict(meta["bert_config"]), spec, frozen=False)
     model.load_state_dict(load_checkpoint(os.path.join(qdir, "train", T.BEST)))
     return model, spec, AutoTokenizer.from_pretrained(qdir), meta["task"]
+
+
+def distill(data: TaskData, teacher_dir: str, out_dir: str, cfg, resume: bool = False) -> dict:
+    """``bitbert distill`` from Python: the pipeline follows the config's type.
+
+    :class:`XTCConfig` runs :func:`xtc` (a config from :func:`kd.binarybert.ternarybert_config` is
+    TernaryBERT, an XTC run at 2 bits); :class:`kd.binarybert.BinaryBERTConfig` runs
+    :func:`kd.binarybert.binarybert`. Returns the pipeline's result dict (its ``"export"`` is the
+    export folder)."""
+    from .binarybert import BinaryBERTConfig, binarybert
+
+    if isinstance(cfg, BinaryBERTConfig):
+        return binarybert(data, teacher_dir, out_dir, cfg, resume)
+    if isinstance(cfg, XTCConfig):
+        return xtc(data, teacher_dir, out_dir, cfg, resume)
+    raise TypeError(f"cfg is a {type(cfg).__name__}; expected kd.XTCConfig (xtc, ternarybert) or kd.BinaryBERTConfig")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import bitops
+import kd
 from kd import checkpoint, cli, export, losses, models, trainer
 
 from kd_helpers import save_tiny_base, tiny_config, one_thread  # noqa: F401  (one_thread: autouse fixture)
@@ -77,6 +78,8 @@ CASES = [
      r"student_logits has shape \(2, 3\) and teacher_logits \(2, 4\); expected the same \(B, C\) shape"),
     ("kd.losses.hidden_mse", "other width", lambda t: losses.hidden_mse(torch.randn(2, 3, 8), torch.randn(2, 3, 4), torch.ones(2, 3)), ValueError,
      r"student_hidden has shape \(2, 3, 8\) and teacher_hidden \(2, 3, 4\)"),
+    ("kd.distill", "a dict as config", lambda t: kd.distill(None, "teacher", t, {"pipeline": "xtc"}), TypeError,
+     r"cfg is a dict; expected kd.XTCConfig \(xtc, ternarybert\) or kd.BinaryBERTConfig"),
     ("kd.models.load_classifier", "missing folder", lambda t: models.load_classifier(os.path.join(t, "nope")), FileNotFoundError,
      r"nope: no such folder; expected a model folder"),
     # checkpoints and exports
