@@ -321,8 +321,9 @@ def cmd_export(a) -> None:
 
 
 def cmd_predict(a) -> None:
-    from .export import predict
+    from .export import predict, read_export_config
 
+    read_export_config(a.model)  # a wrong --model fails before stdin is read
     stream = sys.stdin if a.input == "-" else open(a.input, encoding="utf-8", errors="strict")
     with stream:
         lines = [line.rstrip("\n") for line in stream if line.strip()]
