@@ -7,6 +7,8 @@
   W2A8 layer    bitops.TernaryLinear, frozen, same
   W1A8 / W2A8 kernel: torch.ops.bitops.packed_linear_int8 alone on pre-quantized int8 input
                 (the kernel path it takes is in the CSV: gemv, lut or bytes)
+  W1A8 gemv-lut kernel: torch.ops.bitops.packed_gemv_int8 on the same input and the GEMV layout of the
+                same weights (the frozen layer uses it up to bitops.nn.GEMV_MAX_ROWS rows)
 
 One thread pinned to one core for the main table; the W1A8 kernel also with 2 threads at M=128
 (thread scaling). Writes CSV and a markdown table, and with matplotlib a PNG plot of GMAC/s vs M.
@@ -27,7 +29,7 @@ from bitops.quantizers import quantize_per_token_symmetric
 from _report import ALL_CORES, pin_threads, write_results
 
 BERT_BASE_SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N): attention, FFN1, FFN2
-KERNELS = ("fp32", "int8 fbgemm", "W1A8 layer", "W2A8 layer", "W1A8 kernel", "W2A8 kernel")
+KERNELS = ("fp32", "int8 fbgemm", "W1A8 layer", "W2A8 layer", "W1A8 kernel", "W1A8 gemv-lut kernel", "W2A8 kernel")
 
 
 def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
@@ -49,11 +51,14 @@ def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
                 lambda: bitops.ops.packed_linear_int8(q, s, p, ws, b, layer.bits, k, layer.group_size), repeats
             )
             paths[name] = _C.int8_kernel_path(m, layer.bits, ws.shape[1], layer.group_size)
+            if name == "W1A8":
+                g = layer.gemv_layout()
+                timings["W1A8 gemv-lut kernel"] = median_ms(lambda: bitops.ops.packed_gemv_int8(q, s, g, ws, b, k), repeats)
     macs = m * k * n
     return [
         {"M": m, "K": k, "N": n, "threads": torch.get_num_threads(), "kernel": name, "ms": ms,
          "gmacs": macs / ms / 1e6, "vs_fp32": timings["fp32"] / ms, "vs_int8": timings["int8 fbgemm"] / ms,
-         "path": paths.get(name.split()[0], "") if "kernel" in name else ""}
+         "path": ("gemv-lut" if "gemv-lut" in name else paths.get(name.split()[0], "")) if "kernel" in name else ""}
         for name, ms in timings.items()
     ]
 
@@ -112,7 +117,7 @@ def plot(records: list[dict], path: str) -> bool:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--ms", type=int, nargs="+", default=[1, 8, 32, 128])
+    ap.add_argument("--ms", type=int, nargs="+", default=[1, 4, 8, 32, 128])
     ap.add_argument("--out-dir", default="benchmarks/results")
     args = ap.parse_args(argv)
     pin_threads(1)

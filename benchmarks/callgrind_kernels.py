@@ -2,8 +2,8 @@
 the machine's load (wall-clock medians do), to compare kernel versions and paths across runs.
 
 Runs one child python under `valgrind --tool=callgrind` that calls packed_linear_int8 once per kernel
-path (gemv, lut, bytes) at a BERT-base FFN shape, with collection on only inside the op's C++ entry
-point, then reads each path function's inclusive instruction count (Ir) with callgrind_annotate.
+path (gemv, lut, bytes) and packed_gemv_int8 once (the lookup GEMV on the GEMV layout) at a BERT-base
+FFN shape, with collection on only inside the ops' C++ entry points, then reads each path function's inclusive instruction count (Ir) with callgrind_annotate.
 Slow (valgrind runs the whole torch import at ~50x): `make callgrind`, not part of `make bench`.
 Usage: python benchmarks/callgrind_kernels.py [--out-dir benchmarks/results]
 """
@@ -17,22 +17,27 @@ import subprocess
 import sys
 import tempfile
 
-# (path function in csrc/cpu, M, K, N, bits): one call each, in one child process.
+# (path function in csrc/cpu, M, K, N, bits): one call each, in one child process. packed_gemv_int8_cpu is
+# packed_gemv_int8 (the weights converted to the GEMV layout first, outside the count).
 CALLS = [
     ("gemv_avx2", 1, 768, 3072, 1),
     ("lut_gemm_avx2", 128, 768, 3072, 1),
     ("block_avx2", 128, 768, 3072, 2),
+    ("packed_gemv_int8_cpu", 1, 768, 3072, 1),
 ]
 
 CHILD = r"""
 import torch, bitops
 from bitops import reference as R
 torch.set_num_threads(1)
-for _, m, k, n, bits in CALLS:
+for fn, m, k, n, bits in CALLS:
     torch.manual_seed(0)
     x = torch.randint(-128, 128, (m, k), dtype=torch.int8)
     w = R.pack_bits(torch.randint(0, 2, (n, k), dtype=torch.int8) * 2 - 1, bits)
-    torch.ops.bitops.packed_linear_int8(x, torch.rand(m), w, torch.rand(n, 1), None, bits, k, k)
+    if fn == "packed_gemv_int8_cpu":
+        torch.ops.bitops.packed_gemv_int8(x, torch.rand(m), R.to_gemv_layout(w, k), torch.rand(n, 1), None, k)
+    else:
+        torch.ops.bitops.packed_linear_int8(x, torch.rand(m), w, torch.rand(n, 1), None, bits, k, k)
 """
 
 
@@ -46,7 +51,7 @@ def main(argv=None) -> None:
     child, out = os.path.join(tmp, "child.py"), os.path.join(tmp, "cg.out")
     with open(child, "w") as f:
         f.write(f"CALLS = {CALLS!r}\n" + CHILD)
-    subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=*packed_linear_int8_cpu*",
+    subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=*packed_*_int8_cpu*",
                     f"--callgrind-out-file={out}", sys.executable, child],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", out],

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from .formats import check_bits, packed_words
+from .formats import check_bits, gemv_shape, packed_words
 
 FLOAT_ACTIVATION_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -82,9 +82,8 @@ def check_bias(bias: Optional[torch.Tensor], n: int) -> None:
         _fail(f"bias has shape {tuple(bias.shape)}; expected ({n},) for out_features={n}")
 
 
-def check_linear_int8(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, group_size, data=True) -> int:
-    """Checks of packed_linear_int8; ``data=False`` skips the checks that read values (fake tensors)."""
-    n = check_packed_weight(packed_weight, bits, in_features)
+def check_int8_activations(x, x_scale, in_features) -> None:
+    """x int8 (M, in_features) with x_scale float32 (M,): the activations of the int8 GEMMs."""
     check_dtype("x", x, torch.int8)
     check_dim("x", x, 2, "(M, in_features) int8 activations")
     if x.shape[1] != in_features:
@@ -92,9 +91,37 @@ def check_linear_int8(x, x_scale, packed_weight, weight_scale, bias, bits, in_fe
     check_dtype("x_scale", x_scale, torch.float32)
     if tuple(x_scale.shape) != (x.shape[0],):
         _fail(f"x_scale has shape {tuple(x_scale.shape)}; expected ({x.shape[0]},), one scale per row of x")
+
+
+def check_linear_int8(x, x_scale, packed_weight, weight_scale, bias, bits, in_features, group_size, data=True) -> int:
+    """Checks of packed_linear_int8; ``data=False`` skips the checks that read values (fake tensors)."""
+    n = check_packed_weight(packed_weight, bits, in_features)
+    check_int8_activations(x, x_scale, in_features)
     check_weight_scale(weight_scale, n, in_features, group_size)
     check_bias(bias, n)
     check_same_device(x=x, x_scale=x_scale, packed_weight=packed_weight, weight_scale=weight_scale, bias=bias)
+    if data:
+        check_finite("x_scale", x_scale)
+        check_finite("weight_scale", weight_scale)
+    return n
+
+
+def check_gemv_int8(x, x_scale, gemv_weight, weight_scale, bias, in_features, data=True) -> int:
+    """Checks of packed_gemv_int8 (weights in the GEMV layout, one scale per row); returns N."""
+    check_in_features(in_features)
+    check_dtype("weight_scale", weight_scale, torch.float32)
+    if weight_scale.dim() != 2 or weight_scale.shape[1] != 1:
+        _fail(f"weight_scale has shape {tuple(weight_scale.shape)}; expected (out_features, 1): "
+              f"the GEMV layout takes one scale per row")
+    n = weight_scale.shape[0]
+    check_dtype("gemv_weight", gemv_weight, torch.uint8)
+    want = gemv_shape(n, in_features)
+    if tuple(gemv_weight.shape) != want:
+        _fail(f"gemv_weight has shape {tuple(gemv_weight.shape)}; expected {want} for out_features={n}, "
+              f"in_features={in_features} (bitops.formats.gemv_shape)")
+    check_int8_activations(x, x_scale, in_features)
+    check_bias(bias, n)
+    check_same_device(x=x, x_scale=x_scale, gemv_weight=gemv_weight, weight_scale=weight_scale, bias=bias)
     if data:
         check_finite("x_scale", x_scale)
         check_finite("weight_scale", weight_scale)

@@ -34,6 +34,12 @@ def _packed_linear_int8_fake(x, x_scale, packed_weight, weight_scale, bias, bits
     return x.new_empty((x.shape[0], n), dtype=torch.float32)
 
 
+@torch.library.register_fake("bitops::packed_gemv_int8")
+def _packed_gemv_int8_fake(x, x_scale, gemv_weight, weight_scale, bias, in_features):
+    n = _checks.check_gemv_int8(x, x_scale, gemv_weight, weight_scale, bias, in_features, data=False)
+    return x.new_empty((x.shape[0], n), dtype=torch.float32)
+
+
 @torch.library.register_fake("bitops::packed_linear_float")
 def _packed_linear_float_fake(x, packed_weight, weight_scale, bias, bits, in_features, group_size):
     n = _checks.check_linear_float(x, packed_weight, weight_scale, bias, bits, in_features, group_size, data=False)
@@ -49,6 +55,8 @@ def _quantize_rows_int8_fake(x, bits):
 # Devices without a kernel of their own (CUDA until a GPU kernel exists) run the reference: it is
 # a few elementwise torch ops, fast enough on a GPU. CPU has its C++ kernel, which takes precedence.
 torch.library.impl("bitops::quantize_rows_int8", "CompositeExplicitAutograd")(reference.quantize_rows_int8)
+# The GEMV layout exists for the CPU kernel; elsewhere the op is defined by its reference.
+torch.library.impl("bitops::packed_gemv_int8", "CompositeExplicitAutograd")(reference.packed_gemv_int8)
 
 
 @torch.library.register_fake("bitops::packed_linear_grad_input")

@@ -31,6 +31,23 @@ Formats
               11 -> -1. General 2-bit codes; TERNARY2 is the subset without -2, so one decoder
               (sign-extend 2 bits) serves both and a ternary tensor is also a valid INT2 tensor.
 
+GEMV layout of SIGN1
+--------------------
+A second arrangement of the same SIGN1 bits, for the CPU GEMV kernel (``packed_gemv_int8``), which
+looks rows up in tables 32 at a time and so wants the bits of 32 rows at the same K positions in one
+vector. A frozen 1-bit layer with one scale per row builds it from the canonical words when it
+freezes or loads (:func:`bitops.reference.to_gemv_layout`); it is never saved, so exported files hold
+the canonical layout only. Same size: 1 bit per weight, plus padding of N to 32 and K to 8.
+
+* Groups of 4 K positions: ``nib(n, g) = sum_t bit(n, 4g + t) << t`` (bit 1 = +1, as in SIGN1).
+* Tensor ``uint8`` of shape :func:`gemv_shape` = (ceil(N / 32), ceil(K / 8), 32): weight row block
+  ``b`` (rows 32b .. 32b+31), group pair ``q`` (groups 2q, 2q+1), then 32 bytes in two 16-byte lanes
+  ``L`` = 0, 1 holding group ``2q + L``::
+
+      byte[b, q, 16 * L + i] = nib(32b + i, 2q + L) | nib(32b + 16 + i, 2q + L) << 4,   i = 0 .. 15
+
+* Pads (rows >= N, positions >= K) hold bit 0; the kernel reads zero activations there, so they add 0.
+
 Why two's complement for the 2-bit codes: pad 0 decodes to 0, decoding is one arithmetic shift
 (or ``code ^ 2`` gives the unsigned offset-by-2 form that ``vpmaddubsw`` wants), and ternary is a
 subset of INT2 so kernels need one 2-bit path only.
@@ -104,3 +121,12 @@ def check_bits(bits: int, name: str = "bits") -> int:
 def packed_words(k: int, bits: int) -> int:
     """Words per packed row for ``k`` codes of ``bits`` bits."""
     return -(-k // (WORD_BITS // check_bits(bits)))
+
+
+GEMV_BLOCK_ROWS = 32  # weight rows per block of the GEMV layout
+GEMV_PAIR_CODES = 8   # K positions per group pair (two groups of 4)
+
+
+def gemv_shape(n: int, k: int) -> Tuple[int, int, int]:
+    """Shape of the GEMV layout of an (n, k) SIGN1 weight: (ceil(n / 32), ceil(k / 8), 32) bytes."""
+    return (-(-n // GEMV_BLOCK_ROWS), -(-k // GEMV_PAIR_CODES), 32)

@@ -11,6 +11,9 @@ Two states, one arithmetic:
 * frozen (:meth:`freeze`): the latent weights are dropped; the packed words and scales are buffers.
   A frozen layer computes bit-for-bit what the training layer computed on integer paths, its
   state_dict holds only packed tensors, and it can still pass gradients to its input.
+  On CPU, a frozen 1-bit layer with one scale per row serves calls of up to ``GEMV_MAX_ROWS`` rows
+  with ``packed_gemv_int8`` on the GEMV layout of its weights (bitops.formats), built on first use
+  from the packed words and rebuilt whenever they change; it is never saved.
 
 The packing format and every other fact needed to read the buffers travel in the state_dict as
 the module's extra state (``<prefix>_extra_state``), never inferred from shapes.
@@ -29,7 +32,16 @@ from ._frozen import STATE_VERSION, FrozenPackedState
 from .formats import PackFormat
 
 ACT_QUANTS = ("dynamic", "pact", "lsq")
+# Rows up to which a frozen CPU 1-bit layer runs the lookup GEMV (packed_gemv_int8) instead of
+# packed_linear_int8: its cost grows with each row, the M=128 lookup kernel's does not
+# (benchmarks/bench_gemm.py, "gemv-lut" against "gemv" / "lut").
+GEMV_MAX_ROWS = 4
 PACT_INIT_CLIP = 2.5  # BinaryBERT's initial clip for A8 activations
+
+
+def _compiling() -> bool:
+    # Under torch.compile the canonical op is traced (the GEMV layout's cache is Python state).
+    return torch.compiler.is_compiling()
 
 
 def _packed_forward(x, q, x_scale, packed, w_scale, bias, bits, in_features, group_size):
@@ -205,6 +217,31 @@ class _PackedLinear(FrozenPackedState, nn.Module):
             return Q.PactSTE.apply(x2d, self.act_clip, self.act_bits)
         return Q.LsqSTE.apply(x2d, self.act_step, self.act_bits)
 
+    def gemv_layout(self) -> Optional[torch.Tensor]:
+        """The GEMV layout of the frozen packed weights (bitops.formats), or None where the lookup
+        GEMV does not apply (2-bit codes, scale groups, float activations, not frozen). Cached and
+        keyed to the packed tensor itself (identity, device, in-place version; load_state_dict drops
+        it), so weights that are loaded, assigned or moved are never served from a stale copy. An
+        inference tensor (made under torch.inference_mode) has no version counter: after writing
+        into one in place by hand, ``del layer._gemv_cache``."""
+        if not self.frozen or self.weight_format is not PackFormat.SIGN1 or self.act_bits is None:
+            return None
+        packed = self.packed_weight
+        if self.weight_scale.shape[1] != 1 or packed.device.type == "meta":
+            return None
+        key = (id(packed), packed.data_ptr(), packed.device, None if packed.is_inference() else packed._version)
+        cached = self.__dict__.get("_gemv_cache")
+        if cached is None or cached[0] != key:
+            from .reference import to_gemv_layout  # pure torch; runs once per weight change
+
+            cached = (key, to_gemv_layout(packed, self.kernel_in_features))
+            self.__dict__["_gemv_cache"] = cached
+        return cached[1]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_gemv_cache", None)  # loading writes in place, maybe into inference tensors
+        super()._load_from_state_dict(*args, **kwargs)
+
     def packed_weight_and_scale(self):
         """(packed int32 (N, W), scale float32 (N, G)) of the current weights."""
         if self.frozen:
@@ -231,7 +268,14 @@ class _PackedLinear(FrozenPackedState, nn.Module):
             args = (x_hat, q, x_scale, self.packed_weight, self.weight_scale, self.bias, self.bits, self.kernel_in_features, self.group_size)
             needs_grad = torch.is_grad_enabled() and (x_hat.requires_grad or (self.bias is not None and self.bias.requires_grad))
             # Inference calls the op directly: autograd.Function.apply costs ~10% of a small layer.
-            y = _FrozenLinearFn.apply(*args) if needs_grad else _packed_forward(*args)
+            if needs_grad:
+                y = _FrozenLinearFn.apply(*args)
+            elif q is not None and q.shape[0] <= GEMV_MAX_ROWS and q.device.type == "cpu" and not _compiling():
+                gemv = self.gemv_layout()
+                y = (_packed_forward(*args) if gemv is None else
+                     ops.packed_gemv_int8(q, x_scale, gemv, self.weight_scale, self.bias, self.kernel_in_features))
+            else:
+                y = _packed_forward(*args)
         else:
             y = _TrainingLinearFn.apply(x_hat, q, x_scale, self.weight, self.bias, self.bits, self.quantize_latent)
         return y.to(x.dtype).reshape(*lead, self.out_features)

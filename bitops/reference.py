@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from . import _checks
-from .formats import WORD_BITS, packed_words
+from .formats import GEMV_BLOCK_ROWS, GEMV_PAIR_CODES, WORD_BITS, gemv_shape, packed_words
 from .quantizers import PerTokenSymmetricSTE, WeightSTE
 
 
@@ -109,6 +109,37 @@ def packed_linear_int8(
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y
+
+
+def to_gemv_layout(packed_weight: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Canonical SIGN1 words (N, W) -> the GEMV layout, uint8 :func:`~bitops.formats.gemv_shape`
+    (see bitops.formats, "GEMV layout of SIGN1")."""
+    n = _checks.check_packed_weight(packed_weight, 1, in_features)
+    blocks, pairs, _ = gemv_shape(n, in_features)
+    bits = (unpack_bits(packed_weight, 1, in_features) > 0).to(torch.int32)
+    bits = torch.nn.functional.pad(bits, (0, pairs * GEMV_PAIR_CODES - in_features, 0, blocks * GEMV_BLOCK_ROWS - n))
+    # rows (block, nibble half, lane row i); K (pair, lane L, position t in the group)
+    bits = bits.reshape(blocks, 2, 16, pairs, 2, 4)
+    nib = (bits << torch.arange(4, device=bits.device)).sum(-1)  # (blocks, half, i, pairs, L)
+    byte = nib[:, 0] | (nib[:, 1] << 4)  # (blocks, i, pairs, L)
+    return byte.permute(0, 2, 3, 1).reshape(blocks, pairs, 32).to(torch.uint8).contiguous()
+
+
+def from_gemv_layout(gemv_weight: torch.Tensor, n: int, in_features: int) -> torch.Tensor:
+    """Exact inverse of :func:`to_gemv_layout`, to int8 codes (n, in_features) in {-1, +1}."""
+    blocks, pairs, _ = gemv_shape(n, in_features)
+    byte = gemv_weight.to(torch.int32).reshape(blocks, pairs, 2, 16).permute(0, 3, 1, 2)  # (blocks, i, pairs, L)
+    nib = torch.stack([byte & 15, byte >> 4], dim=1)  # (blocks, half, i, pairs, L)
+    bits = (nib.unsqueeze(-1) >> torch.arange(4, device=nib.device)) & 1
+    bits = bits.reshape(blocks * GEMV_BLOCK_ROWS, pairs * GEMV_PAIR_CODES)[:n, :in_features]
+    return (bits * 2 - 1).to(torch.int8)
+
+
+def packed_gemv_int8(x, x_scale, gemv_weight, weight_scale, bias, in_features: int) -> torch.Tensor:
+    """:func:`packed_linear_int8` of 1-bit weights held in the GEMV layout, one scale per row."""
+    n = _checks.check_gemv_int8(x, x_scale, gemv_weight, weight_scale, bias, in_features)
+    packed = pack_bits(from_gemv_layout(gemv_weight, n, in_features), 1)
+    return packed_linear_int8(x, x_scale, packed, weight_scale, bias, 1, in_features, in_features)
 
 
 def packed_linear_float(x, packed_weight, weight_scale, bias, bits: int, in_features: int, group_size: int):

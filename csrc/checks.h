@@ -148,21 +148,50 @@ inline void check_unpack_args(const at::Tensor& packed, int64_t bits, int64_t k)
                     nw, " for k=", k, " at bits=", bits);
 }
 
-inline int64_t check_linear_int8_args(const at::Tensor& x, const at::Tensor& x_scale, const at::Tensor& w,
-                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t bits,
-                                      int64_t in_features, int64_t group_size) {
-  const int64_t n = check_packed_weight(w, bits, in_features);
+// x int8 (M, in_features) with x_scale float32 (M,): the activations of the int8 GEMMs.
+inline void check_int8_activations(const at::Tensor& x, const at::Tensor& x_scale, int64_t in_features) {
   check_dtype("x", x, at::kChar);
   check_2d_columns("x", x, in_features, "(M, in_features) int8 activations", "in_features");
   check_dtype("x_scale", x_scale, at::kFloat);
   TORCH_CHECK_VALUE(x_scale.dim() == 1 && x_scale.size(0) == x.size(0), "x_scale has shape ", shape_str(x_scale),
                     "; expected (", x.size(0), ",), one scale per row of x");
+}
+
+inline int64_t check_linear_int8_args(const at::Tensor& x, const at::Tensor& x_scale, const at::Tensor& w,
+                                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, int64_t bits,
+                                      int64_t in_features, int64_t group_size) {
+  const int64_t n = check_packed_weight(w, bits, in_features);
+  check_int8_activations(x, x_scale, in_features);
   check_weight_scale(w_scale, n, in_features, group_size);
   check_bias(bias, n, w);
   check_same_device("x", x, "packed_weight", w);
   check_same_device("x_scale", x_scale, "packed_weight", w);
   check_same_device("weight_scale", w_scale, "packed_weight", w);
   check_finite("x_scale", x_scale);
+  return n;
+}
+
+// packed_gemv_int8: weights in the GEMV layout of SIGN1 (bitops/formats.py), one scale per row.
+inline int64_t check_gemv_int8_args(const at::Tensor& x, const at::Tensor& x_scale, const at::Tensor& w,
+                                    const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                                    int64_t in_features) {
+  check_in_features(in_features);
+  check_dtype("weight_scale", w_scale, at::kFloat);
+  TORCH_CHECK_VALUE(w_scale.dim() == 2 && w_scale.size(1) == 1, "weight_scale has shape ", shape_str(w_scale),
+                    "; expected (out_features, 1): the GEMV layout takes one scale per row");
+  const int64_t n = w_scale.size(0);
+  check_dtype("gemv_weight", w, at::kByte);
+  const int64_t blocks = (n + 31) / 32, pairs = (in_features + 7) / 8;
+  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) == blocks && w.size(1) == pairs && w.size(2) == 32,
+                    "gemv_weight has shape ", shape_str(w), "; expected (", blocks, ", ", pairs,
+                    ", 32) for out_features=", n, ", in_features=", in_features, " (bitops.formats.gemv_shape)");
+  check_int8_activations(x, x_scale, in_features);
+  check_bias(bias, n, w);
+  check_same_device("x", x, "gemv_weight", w);
+  check_same_device("x_scale", x_scale, "gemv_weight", w);
+  check_same_device("weight_scale", w_scale, "gemv_weight", w);
+  check_finite("x_scale", x_scale);
+  check_finite("weight_scale", w_scale);
   return n;
 }
 

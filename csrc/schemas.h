@@ -16,6 +16,10 @@ inline constexpr const char* kSchemas[] = {
   // float epilogue of bitops/reference.py (weight_scale (N, G), x_scale (M,), bias (N,)).
   "packed_linear_int8(Tensor x, Tensor x_scale, Tensor packed_weight, Tensor weight_scale, Tensor? bias, "
       "int bits, int in_features, int group_size) -> Tensor",
+  // packed_linear_int8 for 1-bit weights in the GEMV layout (bitops/formats.py; gemv_weight uint8
+  // (ceil(N/32), ceil(K/8), 32)) and one scale per row (weight_scale (N, 1)): CPU only, for few rows.
+  "packed_gemv_int8(Tensor x, Tensor x_scale, Tensor gemv_weight, Tensor weight_scale, Tensor? bias, "
+      "int in_features) -> Tensor",
   // y (M, N) = x (M, K) float32/bf16/fp16 times dequantized W.T + bias; fp32 accumulation, x's dtype.
   "packed_linear_float(Tensor x, Tensor packed_weight, Tensor weight_scale, Tensor? bias, int bits, "
       "int in_features, int group_size) -> Tensor",

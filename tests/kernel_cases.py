@@ -67,15 +67,17 @@ class Int8Case:
         return f"M={m} N={n} K={self.k} bits={self.bits} group_size={self.group_size}"
 
 
-def draw_int8_case(data, max_m: int = 300, max_n: int = 300, max_k: int = 300) -> Int8Case:
+def draw_int8_case(data, max_m: int = 300, max_n: int = 300, max_k: int = 300, bits=(1, 2),
+                   groupings=("row", "32", "64", "odd")) -> Int8Case:
     """Random shapes (M, N from 0, K from 1, rarely a multiple of the word), scale groups per row /
     aligned / odd, activations random or all -128 / all 127 / zero rows, scales ~1, 1e-30 or 1e30
-    (products overflow to inf there and inf - inf gives nan: compare with assert_bitwise_equal)."""
-    bits = data.draw(st.sampled_from([1, 2]), label="bits")
+    (products overflow to inf there and inf - inf gives nan: compare with assert_bitwise_equal).
+    ``bits`` and ``groupings`` narrow the draw for kernels that take fewer kinds of weights."""
+    bits = data.draw(st.sampled_from(bits), label="bits")
     m = data.draw(st.integers(0, max_m), label="M")
     n = data.draw(st.integers(0, max_n), label="N")
     k = data.draw(st.integers(1, max_k), label="K")
-    grouping = data.draw(st.sampled_from(["row", "32", "64", "odd"]), label="grouping")
+    grouping = data.draw(st.sampled_from(groupings), label="grouping")
     x_kind = data.draw(st.sampled_from(["random", "min", "max", "zero-rows"]), label="x")
     mag = data.draw(st.sampled_from([1.0, 1e-30, 1e30]), label="scale magnitude")
     with_bias = data.draw(st.booleans(), label="bias")

@@ -1,7 +1,8 @@
 """Property tests: random shapes (M, N from 0 to 300, K from 1 to 300, K rarely a multiple of the
 word), random codes and extreme values; every kernel path equals the reference, exactly on the
-integer paths: the CPU kernels (portable and AVX2), the Triton kernels in the Triton interpreter and
-the CUDA kernels through the host harness (both the dp4a GEMV and the mma.sync tile kernel).
+integer paths: the CPU kernels (portable and AVX2; packed_linear_int8, and packed_gemv_int8 on the
+GEMV layout), the Triton kernels in the Triton interpreter and the CUDA kernels through the host
+harness (both the dp4a GEMV and the mma.sync tile kernel).
 
 The default profile is bounded for CI; BITOPS_FUZZ_EXAMPLES=N runs N cases per CPU property and N/4
 per emulated GPU property (see tests/kernel_cases.py)."""
@@ -50,6 +51,22 @@ def test_linear_int8_equals_reference(data):
         with cpu_isa(isa):
             got = torch.ops.bitops.packed_linear_int8(*case.args())
             assert_bitwise_equal(got, want, f"{isa}: {case}")
+
+
+@fuzz_settings()
+@given(data=st.data())
+def test_gemv_layout_kernel_equals_reference(data):
+    # packed_gemv_int8 takes 1-bit weights with one scale per row, in the GEMV layout.
+    case = draw_int8_case(data, max_m=9, bits=(1,), groupings=("row",))
+    n = case.packed.shape[0]
+    gemv = R.to_gemv_layout(case.packed, case.k)
+    assert torch.equal(R.from_gemv_layout(gemv, n, case.k), R.unpack_bits(case.packed, 1, case.k)), str(case)
+    want = R.packed_linear_int8(*case.args())
+    args = (case.x, case.x_scale, gemv, case.w_scale, case.bias, case.k)
+    assert_bitwise_equal(R.packed_gemv_int8(*args), want, f"reference: {case}")
+    for isa in cpu_isas():
+        with cpu_isa(isa):
+            assert_bitwise_equal(torch.ops.bitops.packed_gemv_int8(*args), want, f"{isa}: {case}")
 
 
 @pytest.fixture(scope="module")

@@ -202,3 +202,66 @@ def test_weight_gradient_uses_quantized_input_when_input_needs_no_grad():
     layer(x).sum().backward()
     x_hat = PerTokenSymmetricSTE.apply(x, 4)[0]
     torch.testing.assert_close(layer.weight.grad, torch.ones(6, 8).t() @ x_hat)
+
+
+@pytest.mark.parametrize("variant", [dict(act_bits=8), dict(act_bits=4), dict(act_bits=8, granularity="tensor"),
+                                     dict(act_bits=8, act_quant="pact")], ids=vid)
+@pytest.mark.parametrize("rows", [1, 2, bitops.nn.GEMV_MAX_ROWS, bitops.nn.GEMV_MAX_ROWS + 1])
+def test_frozen_binary_layer_runs_the_gemv_layout_at_few_rows(isa, rows, variant):
+    # At up to GEMV_MAX_ROWS rows a frozen 1-bit CPU layer serves the call with packed_gemv_int8 on
+    # its GEMV layout; the result is the training layer's, bit for bit, on either side of the rule.
+    layer = bitops.BinaryLinear.from_linear(torch.nn.Linear(100, 70), **variant)
+    x = torch.randn(rows, 100)
+    with torch.no_grad():
+        want = layer(x)
+        layer.freeze()
+        got = layer(x)
+    assert torch.equal(got, want)
+    assert ("_gemv_cache" in layer.__dict__) == (rows <= bitops.nn.GEMV_MAX_ROWS)
+    assert "gemv" not in "".join(layer.state_dict())  # never saved
+
+
+def test_gemv_layout_follows_the_packed_weights():
+    # Loaded, assigned or in-place changed weights are never served from a stale GEMV layout.
+    a = bitops.BinaryLinear.from_linear(torch.nn.Linear(64, 40)).freeze()
+    b = bitops.BinaryLinear.from_linear(torch.nn.Linear(64, 40)).freeze()
+    x = torch.randn(1, 64)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+        assert not torch.equal(ya, yb)
+        a.load_state_dict(b.state_dict())  # in-place copy into a's buffers
+        assert torch.equal(a(x), yb)
+        a.packed_weight = torch.zeros_like(a.packed_weight)  # a new tensor
+        all_minus = bitops.reference.packed_linear_int8(*bitops.quantizers.quantize_per_token_symmetric(x, 8),
+                                                        a.packed_weight, a.weight_scale, a.bias, 1, 64, 64)
+        assert torch.equal(a(x), all_minus)
+        a.packed_weight.fill_(-1)  # in place: every code +1
+        assert torch.equal(a(x), bitops.reference.packed_linear_int8(
+            *bitops.quantizers.quantize_per_token_symmetric(x, 8), a.packed_weight, a.weight_scale, a.bias, 1, 64, 64))
+
+
+@pytest.mark.parametrize("kind", ["ternary", "group scales", "float activations", "not frozen"])
+def test_gemv_layout_only_where_it_applies(kind):
+    make = {
+        "ternary": lambda: bitops.TernaryLinear(64, 8).freeze(),
+        "group scales": lambda: bitops.BinaryLinear(64, 8, granularity="group", group_size=32).freeze(),
+        "float activations": lambda: bitops.BinaryLinear(64, 8, act_bits=None).freeze(),
+        "not frozen": lambda: bitops.BinaryLinear(64, 8),
+    }[kind]
+    layer = make()
+    assert layer.gemv_layout() is None
+    with torch.no_grad():
+        layer(torch.randn(1, 64))
+    assert "_gemv_cache" not in layer.__dict__
+
+
+def test_gemv_layout_follows_loads_under_inference_mode():
+    # Inference tensors have no version counter: load_state_dict drops the cached layout itself.
+    with torch.inference_mode():
+        a = bitops.BinaryLinear.from_linear(torch.nn.Linear(64, 40)).freeze()
+        b = bitops.BinaryLinear.from_linear(torch.nn.Linear(64, 40)).freeze()
+        x = torch.randn(1, 64)
+        ya, yb = a(x), b(x)
+        assert not torch.equal(ya, yb)
+        a.load_state_dict(b.state_dict())
+        assert torch.equal(a(x), yb)

@@ -159,9 +159,63 @@ def opcheck_cases():
         ("packed_linear_float", (torch.randn(3, 33), packed, scale, None, 2, 33, gs)),
         ("packed_linear_float", (torch.randn(3, 33).bfloat16(), packed, scale, torch.randn(7), 2, 33, gs)),
         ("packed_linear_grad_input", (torch.randn(3, 7), packed, scale, 2, 33, gs)),
+        ("packed_gemv_int8", (make_int8_input(2, 70)[0], torch.rand(2), R.to_gemv_layout(packed1, 70),
+                              torch.rand(5, 1), torch.randn(5), 70)),
         ("quantize_rows_int8", (torch.randn(5, 33), 8)),
         ("quantize_rows_int8", (torch.randn(2, 9).bfloat16(), 4)),
     ]
+
+
+def test_gemv_layout_by_hand():
+    # Row r of a 33 x 9 SIGN1 weight has +1 exactly at K position r % 9: row 0's nibble of group 0
+    # is 0b0001, row 5's nibble of group 1 (positions 4-7) is 0b0010, and rows 16-31 go to high
+    # nibbles. Positions 9-15 and rows 33-63 are pads (bit 0).
+    n, k = 33, 9
+    codes = -torch.ones(n, k, dtype=torch.int8)
+    codes[torch.arange(n), torch.arange(n) % k] = 1
+    g = R.to_gemv_layout(bitops.pack(codes, 1), k)
+    assert g.dtype == torch.uint8 and tuple(g.shape) == bitops.formats.gemv_shape(n, k) == (2, 2, 32)
+    want = torch.zeros(2, 2, 32, dtype=torch.uint8)
+    for r in range(n):
+        b, i, half = r // 32, r % 16, (r % 32) // 16
+        pos = r % k
+        q, lane, t = pos // 8, (pos % 8) // 4, pos % 4
+        want[b, q, 16 * lane + i] |= (1 << t) << (4 * half)
+    assert torch.equal(g, want)
+    assert g[0, 0, 0] == 0x01 and g[0, 0, 16 + 5] == 0x02 and g[1, 0, 16] == 0x02  # rows 0, 5, 32
+    assert g[0, 0, 16] == 0x80 and g[1, 1].sum() == 0  # row 16: position 7, high nibble; block 1 has no position 8+
+    assert torch.equal(R.from_gemv_layout(g, n, k), codes)
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 768], ids=lambda v: f"N{v}")
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 33, 768, 3072], ids=lambda v: f"K{v}")
+@pytest.mark.parametrize("m", [0, 1, 2, 4, 9], ids=lambda v: f"M{v}")
+def test_gemv_int8_exact(isa, m, k, n):
+    g = torch.Generator().manual_seed(m * 7919 + k * 31 + n)
+    packed, scale, gs = make_weight(n, k, 1, gen=g)
+    x, xs = make_int8_input(m, k, gen=g, extremes=True)
+    bias = torch.randn(n, generator=g)
+    want = R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs)
+    got = ops.packed_gemv_int8(x, xs, R.to_gemv_layout(packed, k), scale, bias, k)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_gemv_int8_bad_input(impl):
+    f = ops.packed_gemv_int8 if impl == "kernel" else R.packed_gemv_int8
+    packed, scale, _ = make_weight(40, 20, 1)
+    gemv = R.to_gemv_layout(packed, 20)
+    x, xs = make_int8_input(2, 20)
+    with pytest.raises(ValueError, match=r"gemv_weight has shape \(2, 2, 32\); expected \(2, 3, 32\) for out_features=40, in_features=20"):
+        f(x, xs, gemv[:, :2].contiguous(), scale, None, 20)
+    with pytest.raises(ValueError, match=r"gemv_weight has dtype torch.int8; expected torch.uint8"):
+        f(x, xs, gemv.view(torch.int8), scale, None, 20)
+    with pytest.raises(ValueError, match=r"weight_scale has shape \(40, 2\); expected \(out_features, 1\)"):
+        f(x, xs, gemv, scale.repeat(1, 2), None, 20)
+    with pytest.raises(ValueError, match=r"x has 19 columns"):
+        f(x[:, :19].contiguous(), xs, gemv, scale, None, 20)
+    with pytest.raises(ValueError, match=r"weight_scale holds non-finite values"):
+        f(x, xs, gemv, torch.full_like(scale, float("nan")), None, 20)
 
 
 @pytest.mark.parametrize("case", range(len(opcheck_cases())), ids=[c[0] for c in opcheck_cases()])

@@ -145,8 +145,10 @@ TORCH_LIBRARY_IMPL(bitops, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
 // The same kernels under bitops_cuda::<op>, whatever BITOPS_CUDA_BACKEND registers for bitops::<op>:
 // tests and benchmarks call them side by side with bitops.triton.ops.<op>.
 TORCH_LIBRARY(bitops_cuda, m) {
-  for (const char* schema : kSchemas)
-    if (std::string_view(schema).rfind("quantize_rows_int8", 0) != 0) m.def(schema);  // no CUDA kernel of its own
+  for (const char* schema : kSchemas) {
+    const std::string_view s(schema);
+    if (s.rfind("quantize_rows_int8", 0) != 0 && s.rfind("packed_gemv_int8", 0) != 0) m.def(schema);  // CPU-only ops
+  }
 }
 TORCH_LIBRARY_IMPL(bitops_cuda, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
 
