@@ -35,7 +35,7 @@ ACT_QUANTS = ("dynamic", "pact", "lsq")
 # Rows up to which a frozen CPU 1-bit layer runs the lookup GEMV (packed_gemv_int8) instead of
 # packed_linear_int8: its cost grows with each row, the M=128 lookup kernel's does not
 # (benchmarks/bench_gemm.py, "gemv-lut" against "gemv" / "lut").
-GEMV_MAX_ROWS = 4
+GEMV_MAX_ROWS = 8
 PACT_INIT_CLIP = 2.5  # BinaryBERT's initial clip for A8 activations
 
 

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation bits (binarybert: 8 with a learnable PACT clip, 4 with LSQ; ternarybert: 8)")
     d.add_argument("--granularity", choices=("row", "tensor"), default=None,
                    help="weight scale per output row or per matrix (default: xtc row, binarybert/ternarybert tensor as their references)")
+    d.add_argument("--init-student", default=None,
+                   help="xtc: start the quantized stage from the best weights of an earlier run's 1bit-student/ folder "
+                        "(same quantization and layer map), skipping the FP32 stage: a longer or different schedule")
     d.add_argument("--kd-logits", type=float, default=1.0, help="xtc/ternarybert: weight of the logits soft-CE (MSE for regression); 1")
     d.add_argument("--kd-attention", type=float, default=1.0, help="xtc/ternarybert: weight of the attention-score MSE; 1")
     d.add_argument("--kd-hidden", type=float, default=1.0, help="xtc/ternarybert: weight of the hidden-state MSE; 1")
@@ -235,6 +238,8 @@ def cmd_distill(a) -> None:
     p = a.pipeline
     stage = lambda prefix: _train_config(a, prefix, PIPELINE_DEFAULTS[p].get(prefix))  # noqa: E731
     weights = KDWeights(a.kd_logits, a.kd_attention, a.kd_hidden, a.temperature)
+    if a.init_student and p != "xtc":
+        raise argparse.ArgumentTypeError(f"--init-student applies to --pipeline xtc; got --pipeline {p}")
     data = load_task(a)
     if p == "xtc":
         spec = QuantSpec(attention=a.attention_bits, ffn1=a.ffn1_bits, ffn2=a.ffn2_bits,
@@ -242,7 +247,7 @@ def cmd_distill(a) -> None:
                          embedding_bits=_bits(a.embedding_bits, "1", ("1", "float"), "embedding-bits", p),
                          act_bits=a.act_bits, granularity=a.granularity or "row")
         cfg = XTCConfig(student_layers=a.student_layers, teacher_layers=a.teacher_layers, spec=spec, weights=weights,
-                        fp32=stage("fp32"), quant=stage("quant"), max_length=a.max_length)
+                        fp32=stage("fp32"), quant=stage("quant"), max_length=a.max_length, init_student=a.init_student)
         res = xtc(data, a.teacher, a.out, cfg, a.resume)
     elif p == "ternarybert":
         if a.act_bits != 8:

@@ -104,6 +104,11 @@ class XTCConfig:
     quant: T.TrainConfig = field(default_factory=T.TrainConfig)
     max_length: int = 128
     quant_dir: str = "1bit-student"  # folder of the quantized student ("2bit-student" for TernaryBERT)
+    # A quantized student folder of an earlier run (its 1bit-student/): the quantized stage starts
+    # from its best weights, with this run's schedule and losses, and the FP32 stage is skipped.
+    # Its quantization and layer map must be this run's. Continues a run with a longer or a
+    # different schedule, or adds a stage (e.g. logits only) after one.
+    init_student: Optional[str] = None
 
 
 def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: bool = False) -> dict:
@@ -116,7 +121,9 @@ def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: 
     train_enc, dev_enc = _encode(data, tokenizer, cfg.max_length)
     n_teacher = teacher.config.num_hidden_layers
     results = {}
-    if cfg.student_layers or cfg.teacher_layers:
+    if cfg.init_student:
+        student, layer_map = _init_student(cfg, n_teacher)
+    elif cfg.student_layers or cfg.teacher_layers:
         layer_map = list(cfg.teacher_layers) if cfg.teacher_layers else skip_layers(n_teacher, cfg.student_layers)
         student = reduce_layers(teacher.cpu(), layer_map)
         teacher.to(device)
@@ -134,7 +141,8 @@ def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: 
         student.requires_grad_(True)
         teacher.to(device)
     student.cpu()
-    quantize_student(student, cfg.spec)
+    if not cfg.init_student:
+        quantize_student(student, cfg.spec)
     qdir = os.path.join(out_dir, cfg.quant_dir)
     results["quant"] = T.train(
         student, train_enc, dev_enc, kd_loss_fn(teacher, layer_map, data.task_type, cfg.weights), cfg.quant,
@@ -147,6 +155,23 @@ def xtc(data: TaskData, teacher_dir: str, out_dir: str, cfg: XTCConfig, resume: 
         write_student_dir(qdir, student, cfg.spec, tokenizer, info)
         results["export"] = export_student(student, cfg.spec, tokenizer, os.path.join(out_dir, "export"), info, layer_map)
     return results
+
+
+def _init_student(cfg: XTCConfig, n_teacher: int):
+    """(quantized student with the best weights of ``cfg.init_student``, its layer map), checked against cfg."""
+    student, spec, _, info = load_student_dir(cfg.init_student)
+    if spec != cfg.spec:
+        raise ValueError(f"init_student={cfg.init_student!r} is quantized as {spec}; this run asks for {cfg.spec}: "
+                         f"expected the same quantization")
+    layer_map = list(info["layer_map"])
+    if cfg.student_layers or cfg.teacher_layers:
+        want = list(cfg.teacher_layers) if cfg.teacher_layers else skip_layers(n_teacher, cfg.student_layers)
+        if want != layer_map:
+            raise ValueError(f"init_student={cfg.init_student!r} has the layer map {layer_map}; this run asks for {want}")
+    if max(layer_map) >= n_teacher:
+        raise ValueError(f"init_student={cfg.init_student!r} has the layer map {layer_map}; the teacher has {n_teacher} layers")
+    student.requires_grad_(True)
+    return student, layer_map
 
 
 def _done_or_started(out_dir: str, stage: str) -> bool:

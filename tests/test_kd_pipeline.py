@@ -65,6 +65,27 @@ def test_export_reload_reproduces_predictions(tiny_run):
     assert all(m.frozen for m in loaded.modules() if hasattr(m, "frozen"))
 
 
+def test_init_student_continues_the_quantized_stage(tiny_run, tmp_path):
+    # A second run from the first one's 1bit-student/ starts from its best weights (the first
+    # evaluation of a stage at lr 1e-12 scores exactly what that student scored), skips the
+    # FP32 stage, and refuses a student quantized differently or with another layer map.
+    root, data, _, x_res = tiny_run
+    first = str(root / "xtc" / "1bit-student")
+    teacher_dir = str(root / "teacher")
+    cfg = pipelines.XTCConfig(student_layers=1, max_length=32, spec=QuantSpec(pooler=1), init_student=first,
+                              quant=trainer.TrainConfig(epochs=1, **{**FAST, "lr": 1e-12}))
+    res = pipelines.xtc(data, teacher_dir, str(tmp_path / "again"), cfg)
+    assert "fp32" not in res and not os.path.exists(tmp_path / "again" / "fp32-student")
+    assert res["layer_map"] == [1]
+    assert res["quant"]["best"]["metrics"] == x_res["quant"]["best"]["metrics"]
+    with pytest.raises(ValueError, match=r"init_student=.* is quantized as .*; this run asks for"):
+        pipelines.xtc(data, teacher_dir, str(tmp_path / "x"),
+                      pipelines.XTCConfig(max_length=32, spec=QuantSpec(pooler=None), init_student=first))
+    with pytest.raises(ValueError, match=r"has the layer map \[1\]; this run asks for \[0\]"):
+        pipelines.xtc(data, teacher_dir, str(tmp_path / "y"),
+                      pipelines.XTCConfig(teacher_layers=[0], max_length=32, spec=QuantSpec(pooler=1), init_student=first))
+
+
 def _copy_export(src, dst):
     os.makedirs(dst)
     for name in os.listdir(src):
