@@ -243,8 +243,7 @@ BITOPS_TARGET_AVX2 void gemv_avx2(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
-// Out of line (GCC inlined it into the op's loop): benchmarks/callgrind_kernels.py counts it by name.
-BITOPS_TARGET_AVX2 __attribute__((noinline)) void block_avx2(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
+BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
   int64_t i = 0;
   for (; i + 4 <= p.m; i += 4) rows_avx2<4>(p, i, n0, rows, u);
   for (; i < p.m; ++i) rows_avx2<1>(p, i, n0, rows, u);
