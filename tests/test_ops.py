@@ -75,8 +75,10 @@ def test_int8_kernel_path_rule():
 
 
 # The lookup-table kernel's edges: K around a 96-code span (32 triples) and a 192-code chunk (one int16
-# flush), rows around its 16-row shuffles and 128-row blocks, odd M (the 1-row tail of its 2-row
-# passes), and activations at -128 everywhere (the largest table entries, |3 * -128| per triple).
+# flush), and K = 1 (tables built by the scalar tail only past the first pairs of triples); rows around
+# its 16-row shuffles, its 8-row vector epilogue and its 128-row blocks; odd M (the 1-row tail of its
+# 2-row passes); with and without bias; activations at -128 everywhere (the largest table entries,
+# |3 * -128| per triple).
 @pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the lookup-table kernel is AVX2 code; this CPU has none")
 @pytest.mark.parametrize("k", [1, 95, 96, 97, 191, 192, 193, 385, 3072])
 @pytest.mark.parametrize("m,n", [(5, 1), (6, 15), (7, 16), (8, 17), (33, 127), (64, 128), (9, 129), (17, 300)])
@@ -86,7 +88,7 @@ def test_linear_int8_lut_exact(m, n, k):
     x, xs = make_int8_input(m, k, g, extremes=True)
     if m > 2:
         x[1] = -128  # a whole row at the extreme: every table entry is at its largest magnitude
-    bias = torch.randn(n, generator=g)
+    bias = torch.randn(n, generator=g) if m % 2 else None
     with cpu_isa("avx2"):
         assert int8_path(m, 1, scale.shape[1], gs) == "lut"
         got = ops.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs)
