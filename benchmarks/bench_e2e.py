@@ -21,7 +21,7 @@ import os
 import torch
 
 import bitops
-from bitops._timing import median_ms
+from bitops._timing import interleaved_median_ms
 from bitops.demo import SENTENCES, encoder_linear, model_dir
 from _report import pin_threads, write_results
 
@@ -59,11 +59,13 @@ def main(argv=None) -> None:
         texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
         batch = tok(texts, padding="max_length", truncation=True, max_length=args.seq_len, return_tensors="pt")
         with torch.inference_mode():
-            times = {name: median_ms(lambda: model(**batch), repeats=args.repeats) for name, model in models.items()}
+            # Round-robin over the models, so that the machine's drift does not enter their ratios.
+            calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
+            times = interleaved_median_ms(calls, repeats=args.repeats)
         for name, ms in times.items():
             records.append({"batch": b, "seq_len": args.seq_len, "model": name, "ms": ms,
                             "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms})
-    lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats}, torch {torch.__version__}, "
+    lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats} interleaved rounds, torch {torch.__version__}, "
              f"bitops CPU path {bitops.cpu_isa()}", "", "| batch x tokens | model | ms | vs fp32 | vs int8 |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |"

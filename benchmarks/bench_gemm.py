@@ -17,14 +17,17 @@ Usage: python benchmarks/bench_gemm.py [--repeats 20] [--ms 1 8 32 128] [--out-d
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
+import statistics
+import time
 
 import torch
 
 import bitops
 from bitops._ops import _C
-from bitops._timing import median_ms
+from bitops._timing import interleaved_median_ms
 from bitops.quantizers import quantize_per_token_symmetric
 from _report import ALL_CORES, pin_threads, write_results
 
@@ -37,23 +40,24 @@ def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
     lin = torch.nn.Linear(k, n).eval()
     x = torch.randn(m, k)
     int8 = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-    timings = {}
+    calls = {}
     paths = {}
     with torch.inference_mode():
-        timings["fp32"] = median_ms(lambda: lin(x), repeats)
-        timings["int8 fbgemm"] = median_ms(lambda: int8(x), repeats)
+        calls["fp32"] = lambda: lin(x)
+        calls["int8 fbgemm"] = lambda: int8(x)
         q, s = quantize_per_token_symmetric(x)
         for name, cls in (("W1A8", bitops.BinaryLinear), ("W2A8", bitops.TernaryLinear)):
             layer = cls.from_linear(lin, act_bits=8).freeze()
-            timings[f"{name} layer"] = median_ms(lambda: layer(x), repeats)
-            p, ws, b = layer.packed_weight, layer.weight_scale, layer.bias
-            timings[f"{name} kernel"] = median_ms(
-                lambda: bitops.ops.packed_linear_int8(q, s, p, ws, b, layer.bits, k, layer.group_size), repeats
-            )
-            paths[name] = _C.int8_kernel_path(m, layer.bits, ws.shape[1], layer.group_size)
+            calls[f"{name} layer"] = functools.partial(layer, x)
+            calls[f"{name} kernel"] = functools.partial(
+                bitops.ops.packed_linear_int8, q, s, layer.packed_weight, layer.weight_scale, layer.bias, layer.bits, k,
+                layer.group_size)
+            paths[name] = _C.int8_kernel_path(m, layer.bits, layer.weight_scale.shape[1], layer.group_size)
             if name == "W1A8":
-                g = layer.gemv_layout()
-                timings["W1A8 gemv-lut kernel"] = median_ms(lambda: bitops.ops.packed_gemv_int8(q, s, g, ws, b, k), repeats)
+                calls["W1A8 gemv-lut kernel"] = functools.partial(
+                    bitops.ops.packed_gemv_int8, q, s, layer.gemv_layout(), layer.weight_scale, layer.bias, k)
+        # Round-robin over the kernels, so that the machine's drift does not enter their ratios.
+        timings = interleaved_median_ms(calls, repeats)
     macs = m * k * n
     return [
         {"M": m, "K": k, "N": n, "threads": torch.get_num_threads(), "kernel": name, "ms": ms,
@@ -64,16 +68,24 @@ def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
 
 
 def thread_scaling(k: int, n: int, repeats: int) -> dict:
-    """W1A8 kernel at M=128: 2-thread throughput over 1-thread throughput, measured back to back."""
+    """W1A8 kernel at M=128: 2-thread throughput over 1-thread throughput, in alternating rounds (one
+    untimed call after each switch, for the OpenMP team to wake), so that drift hits both alike."""
     torch.manual_seed(0)
     layer = bitops.BinaryLinear.from_linear(torch.nn.Linear(k, n), act_bits=8).freeze()
     q, s = quantize_per_token_symmetric(torch.randn(128, k))
     call = lambda: bitops.ops.packed_linear_int8(q, s, layer.packed_weight, layer.weight_scale, None, 1, k, k)  # noqa: E731
+    times = {1: [], 2: []}
+    for _ in range(repeats):
+        for t in (1, 2):
+            pin_threads(t)
+            call()
+            t0 = time.perf_counter()
+            call()
+            times[t].append(time.perf_counter() - t0)
+    pin_threads(1)
     out = {"K": k, "N": n}
     for t in (1, 2):
-        pin_threads(t)
-        out[f"ms_{t}t"] = median_ms(call, repeats)
-    pin_threads(1)
+        out[f"ms_{t}t"] = statistics.median(times[t]) * 1e3
     out["speedup_2t"] = out["ms_1t"] / out["ms_2t"]
     return out
 
@@ -123,7 +135,7 @@ def main(argv=None) -> None:
     pin_threads(1)
     records = [r for m in args.ms for k, n in BERT_BASE_SHAPES for r in bench_shape(m, k, n, args.repeats)]
     scaling = [thread_scaling(k, n, args.repeats) for k, n in BERT_BASE_SHAPES] if len(ALL_CORES) > 1 else []
-    header = (f"GEMM, 1 thread pinned, median of {args.repeats}; {platform.processor() or platform.machine()}, "
+    header = (f"GEMM, 1 thread pinned, median of {args.repeats} interleaved rounds; {platform.processor() or platform.machine()}, "
               f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
     wrote = write_results(args.out_dir, "gemm", records, markdown(records, scaling, header))
     png = os.path.join(args.out_dir, "gemm.png")
