@@ -156,6 +156,11 @@ BITOPS_TARGET_AVX2 void build_span_indices(const Problem& p, int64_t row0, int64
   span_triples(lo, hi, idx, std::make_integer_sequence<int, kSpanTriples>{});
 }
 
+// One triple's table (8 int16, one lane) in both lanes of a ymm, for vpshufb's per-lane lookup.
+BITOPS_TARGET_AVX2 inline __m256i load_table(const int16_t* e) {
+  return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e)));
+}
+
 // Adds the 16 int16 lane totals of `acc` to the int32 totals of rows [0, 16) at `total`.
 BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total) {
   __m256i* t = reinterpret_cast<__m256i*>(total);
@@ -166,7 +171,7 @@ BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total) {
 }
 
 // sum(u * x) over `count` triples for MR activation rows (tables t0, t1) x 4 sub-blocks of 16 weight
-// rows. Each index vector is loaded once and used by MR shuffles: with one row per pass the loads
+// rows: the last 1-3 rows of a block, after lookup_chunk_4x2. Each index vector is loaded once and used by MR shuffles: with one row per pass the loads
 // (one per shuffle) and not the shuffles bounded the loop. Accumulators are named, and pinned after
 // each step (keep_in_register), so that GCC keeps them in registers instead of copying all eight
 // through temporaries every step.
@@ -179,14 +184,14 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
     const __m256i* ix = idx + t;
     const __m256i i0 = _mm256_load_si256(ix), i1 = _mm256_load_si256(ix + kChunkTriples);
     const __m256i i2 = _mm256_load_si256(ix + 2 * kChunkTriples), i3 = _mm256_load_si256(ix + 3 * kChunkTriples);
-    const __m256i ta = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t0 + 8 * t)));
+    const __m256i ta = load_table(t0 + 8 * t);
     a0 = _mm256_add_epi16(a0, _mm256_shuffle_epi8(ta, i0));
     a1 = _mm256_add_epi16(a1, _mm256_shuffle_epi8(ta, i1));
     a2 = _mm256_add_epi16(a2, _mm256_shuffle_epi8(ta, i2));
     a3 = _mm256_add_epi16(a3, _mm256_shuffle_epi8(ta, i3));
     keep_in_register(a0), keep_in_register(a1), keep_in_register(a2), keep_in_register(a3);
     if constexpr (MR == 2) {
-      const __m256i tb = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(t1 + 8 * t)));
+      const __m256i tb = load_table(t1 + 8 * t);
       b0 = _mm256_add_epi16(b0, _mm256_shuffle_epi8(tb, i0));
       b1 = _mm256_add_epi16(b1, _mm256_shuffle_epi8(tb, i1));
       b2 = _mm256_add_epi16(b2, _mm256_shuffle_epi8(tb, i2));
@@ -206,6 +211,37 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
   }
 }
 
+// sum(u * x) over `count` triples for 4 activation rows (tables t[0..3]) x 2 sub-blocks of 16 weight rows:
+// each table load feeds 2 shuffles and each index load 4, so a step takes 6 loads for 8 shuffles, where
+// lookup_chunk<2> takes 10 (2 tables + 4 indices, each index read twice as a memory operand). 27
+// instructions per step against ~30; callgrind, 128 x 768 x 3072: 28.3 M instructions per call against 29.8 M.
+BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const __m256i* idx, int64_t count,
+                                                int32_t* const* total) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  const int16_t *t0 = t[0], *t1 = t[1], *t2 = t[2], *t3 = t[3];
+  for (int64_t k = 0; k < count; ++k) {
+    const __m256i i0 = _mm256_load_si256(idx + k), i1 = _mm256_load_si256(idx + kChunkTriples + k);
+    __m256i tr = load_table(t0 + 8 * k);
+    a0 = _mm256_add_epi16(a0, _mm256_shuffle_epi8(tr, i0));
+    b0 = _mm256_add_epi16(b0, _mm256_shuffle_epi8(tr, i1));
+    tr = load_table(t1 + 8 * k);
+    a1 = _mm256_add_epi16(a1, _mm256_shuffle_epi8(tr, i0));
+    b1 = _mm256_add_epi16(b1, _mm256_shuffle_epi8(tr, i1));
+    tr = load_table(t2 + 8 * k);
+    a2 = _mm256_add_epi16(a2, _mm256_shuffle_epi8(tr, i0));
+    b2 = _mm256_add_epi16(b2, _mm256_shuffle_epi8(tr, i1));
+    tr = load_table(t3 + 8 * k);
+    a3 = _mm256_add_epi16(a3, _mm256_shuffle_epi8(tr, i0));
+    b3 = _mm256_add_epi16(b3, _mm256_shuffle_epi8(tr, i1));
+    keep_in_register(a0), keep_in_register(a1), keep_in_register(a2), keep_in_register(a3);
+    keep_in_register(b0), keep_in_register(b1), keep_in_register(b2), keep_in_register(b3);
+  }
+  widen_add(a0, total[0]), widen_add(b0, total[0] + kSubRows);
+  widen_add(a1, total[1]), widen_add(b1, total[1] + kSubRows);
+  widen_add(a2, total[2]), widen_add(b2, total[2] + kSubRows);
+  widen_add(a3, total[3]), widen_add(b3, total[3] + kSubRows);
+}
+
 // Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times weight rows
 // [n0, n0 + kLutRowBlock) into `totals`: row i at totals + (i - tab.i0) * ld, weight row n0 + r at column r.
 BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n0, int64_t c, int32_t* totals,
@@ -217,9 +253,20 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n
   for (int sb = 0; sb < kSubBlocks; ++sb)
     for (int64_t ts = 0; ts < count; ts += kSpanTriples)
       build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
+  // Activation rows by fours, each through all sub-blocks while its 4 tables (4 KiB) stay in L1 with the
+  // indices; the last 1-3 rows in pairs and singles.
+  int64_t i4 = i0;
+  for (; i4 + 4 <= i1; i4 += 4) {
+    const int16_t* t[4] = {tab.at(c, i4), tab.at(c, i4 + 1), tab.at(c, i4 + 2), tab.at(c, i4 + 3)};
+    for (int sb = 0; sb < kSubBlocks; sb += 2) {
+      int32_t* const tot[4] = {totals + (i4 - i0) * ld + sb * kSubRows, totals + (i4 + 1 - i0) * ld + sb * kSubRows,
+                               totals + (i4 + 2 - i0) * ld + sb * kSubRows, totals + (i4 + 3 - i0) * ld + sb * kSubRows};
+      lookup_chunk_4x2(t, idx + sb * kChunkTriples, count, tot);
+    }
+  }
   for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
     const __m256i* ix = idx + sb * kChunkTriples;
-    int64_t i = i0;
+    int64_t i = i4;
     for (; i + 2 <= i1; i += 2) {
       int32_t* tot = totals + (i - i0) * ld + sb * kSubRows;
       lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + ld);
