@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 
 #include <cstring>
+#include <memory>
 #include <utility>
 
 #include "isa.h"
@@ -49,13 +50,15 @@ static_assert(kLutRowBlock % (kSubRows * kSubBlocksPerPass) == 0);
 
 // The tables of activation rows [i0, i1), stored chunk-major, (chunks, i1 - i0, kChunkTriples, 8): the
 // tables one chunk of a weight-row block reads for every activation row are one contiguous stream.
+// Not zero-filled (that memset was 2% of a call): entries of triples past lut_triples in the last chunk
+// are never written and never read.
 struct Tables {
-  std::vector<int16_t> data;
-  int64_t i0, rows;
+  std::unique_ptr<int16_t[]> data;
+  int64_t bytes, i0, rows;
   const int16_t* at(int64_t chunk, int64_t i) const {
-    return data.data() + (chunk * rows + (i - i0)) * kChunkTriples * 8;
+    return data.get() + (chunk * rows + (i - i0)) * kChunkTriples * 8;
   }
-  int16_t* at(int64_t chunk, int64_t i) { return data.data() + (chunk * rows + (i - i0)) * kChunkTriples * 8; }
+  int16_t* at(int64_t chunk, int64_t i) { return data.get() + (chunk * rows + (i - i0)) * kChunkTriples * 8; }
 };
 
 int64_t lut_triples(int64_t nw) { return (nw + kSpanWords - 1) / kSpanWords * kSpanTriples; }
@@ -104,7 +107,8 @@ BITOPS_TARGET_AVX2 void build_row_tables(const Problem& p, Tables& tab, int64_t 
 
 Tables build_tables(const Problem& p, int64_t i0, int64_t i1) {
   const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
-  Tables tab{std::vector<int16_t>(static_cast<size_t>(chunks * (i1 - i0) * kChunkTriples * 8)), i0, i1 - i0};
+  const int64_t entries = chunks * (i1 - i0) * kChunkTriples * 8;
+  Tables tab{std::unique_ptr<int16_t[]>(new int16_t[entries]), entries * static_cast<int64_t>(sizeof(int16_t)), i0, i1 - i0};
   at::parallel_for(i0, i1, 8, [&](int64_t r0, int64_t r1) {  // runs inline when called in a parallel region
     for (int64_t i = r0; i < r1; ++i) build_row_tables(p, tab, i);
   });
@@ -161,13 +165,15 @@ BITOPS_TARGET_AVX2 inline __m256i load_table(const int16_t* e) {
   return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e)));
 }
 
-// Adds the 16 int16 lane totals of `acc` to the int32 totals of rows [0, 16) at `total`.
-BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total) {
+// Adds the 16 int16 lane totals of `acc` to the int32 totals of rows [0, 16) at `total`, or stores them
+// there for the first chunk (`first`): no pass to zero the totals beforehand (a memset was 7% of a call).
+BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total, bool first) {
   __m256i* t = reinterpret_cast<__m256i*>(total);
-  const __m256i a = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
-  const __m256i b = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
-  _mm256_storeu_si256(t, _mm256_add_epi32(_mm256_loadu_si256(t), a));
-  _mm256_storeu_si256(t + 1, _mm256_add_epi32(_mm256_loadu_si256(t + 1), b));
+  __m256i a = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
+  __m256i b = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
+  if (!first) a = _mm256_add_epi32(_mm256_loadu_si256(t), a), b = _mm256_add_epi32(_mm256_loadu_si256(t + 1), b);
+  _mm256_storeu_si256(t, a);
+  _mm256_storeu_si256(t + 1, b);
 }
 
 // sum(u * x) over `count` triples for MR activation rows (tables t0, t1) x 4 sub-blocks of 16 weight
@@ -177,7 +183,7 @@ BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total) {
 // through temporaries every step.
 template <int MR>
 BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1, const __m256i* idx, int64_t count,
-                                            int32_t* total0, int32_t* total1) {
+                                            int32_t* total0, int32_t* total1, bool first) {
   static_assert(MR == 1 || MR == 2);
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   for (int64_t t = 0; t < count; ++t) {
@@ -199,15 +205,15 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
       keep_in_register(b0), keep_in_register(b1), keep_in_register(b2), keep_in_register(b3);
     }
   }
-  widen_add(a0, total0 + 0 * kSubRows);
-  widen_add(a1, total0 + 1 * kSubRows);
-  widen_add(a2, total0 + 2 * kSubRows);
-  widen_add(a3, total0 + 3 * kSubRows);
+  widen_add(a0, total0 + 0 * kSubRows, first);
+  widen_add(a1, total0 + 1 * kSubRows, first);
+  widen_add(a2, total0 + 2 * kSubRows, first);
+  widen_add(a3, total0 + 3 * kSubRows, first);
   if constexpr (MR == 2) {
-    widen_add(b0, total1 + 0 * kSubRows);
-    widen_add(b1, total1 + 1 * kSubRows);
-    widen_add(b2, total1 + 2 * kSubRows);
-    widen_add(b3, total1 + 3 * kSubRows);
+    widen_add(b0, total1 + 0 * kSubRows, first);
+    widen_add(b1, total1 + 1 * kSubRows, first);
+    widen_add(b2, total1 + 2 * kSubRows, first);
+    widen_add(b3, total1 + 3 * kSubRows, first);
   }
 }
 
@@ -216,7 +222,7 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
 // lookup_chunk<2> takes 10 (2 tables + 4 indices, each index read twice as a memory operand). 27
 // instructions per step against ~30; callgrind, 128 x 768 x 3072: 28.3 M instructions per call against 29.8 M.
 BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const __m256i* idx, int64_t count,
-                                                int32_t* const* total) {
+                                                int32_t* const* total, bool first) {
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   const int16_t *t0 = t[0], *t1 = t[1], *t2 = t[2], *t3 = t[3];
   for (int64_t k = 0; k < count; ++k) {
@@ -236,14 +242,14 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const _
     keep_in_register(a0), keep_in_register(a1), keep_in_register(a2), keep_in_register(a3);
     keep_in_register(b0), keep_in_register(b1), keep_in_register(b2), keep_in_register(b3);
   }
-  widen_add(a0, total[0]), widen_add(b0, total[0] + kSubRows);
-  widen_add(a1, total[1]), widen_add(b1, total[1] + kSubRows);
-  widen_add(a2, total[2]), widen_add(b2, total[2] + kSubRows);
-  widen_add(a3, total[3]), widen_add(b3, total[3] + kSubRows);
+  widen_add(a0, total[0], first), widen_add(b0, total[0] + kSubRows, first);
+  widen_add(a1, total[1], first), widen_add(b1, total[1] + kSubRows, first);
+  widen_add(a2, total[2], first), widen_add(b2, total[2] + kSubRows, first);
+  widen_add(a3, total[3], first), widen_add(b3, total[3] + kSubRows, first);
 }
 
 // Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times weight rows
-// [n0, n0 + kLutRowBlock) into `totals`: row i at totals + (i - tab.i0) * ld, weight row n0 + r at column r.
+// [n0, n0 + kLutRowBlock) into `totals` (chunk 0 stores into them): row i at totals + (i - tab.i0) * ld, weight row n0 + r at column r.
 BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n0, int64_t c, int32_t* totals,
                                   int64_t ld) {
   const int64_t t_count = lut_triples(p.nw), t0 = c * kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
@@ -261,7 +267,7 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n
     for (int sb = 0; sb < kSubBlocks; sb += 2) {
       int32_t* const tot[4] = {totals + (i4 - i0) * ld + sb * kSubRows, totals + (i4 + 1 - i0) * ld + sb * kSubRows,
                                totals + (i4 + 2 - i0) * ld + sb * kSubRows, totals + (i4 + 3 - i0) * ld + sb * kSubRows};
-      lookup_chunk_4x2(t, idx + sb * kChunkTriples, count, tot);
+      lookup_chunk_4x2(t, idx + sb * kChunkTriples, count, tot, c == 0);
     }
   }
   for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
@@ -269,9 +275,9 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n
     int64_t i = i4;
     for (; i + 2 <= i1; i += 2) {
       int32_t* tot = totals + (i - i0) * ld + sb * kSubRows;
-      lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + ld);
+      lookup_chunk<2>(tab.at(c, i), tab.at(c, i + 1), ix, count, tot, tot + ld, c == 0);
     }
-    if (i < i1) lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, totals + (i - i0) * ld + sb * kSubRows, nullptr);
+    if (i < i1) lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, totals + (i - i0) * ld + sb * kSubRows, nullptr, c == 0);
   }
 }
 
@@ -308,7 +314,7 @@ BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_
 BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
   const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
   thread_local std::vector<int32_t> totals;
-  totals.assign(static_cast<size_t>(tab.rows * kLutRowBlock), 0);
+  totals.resize(static_cast<size_t>(tab.rows * kLutRowBlock));  // chunk 0 stores, the others add
   for (int64_t c = 0; c < chunks; ++c) lut_chunk(p, tab, n0, c, totals.data(), kLutRowBlock);
   lut_epilogue(p, tab, n0, totals.data(), kLutRowBlock);
 }
@@ -319,7 +325,7 @@ BITOPS_TARGET_AVX2 void lut_rows_chunk_order(const Problem& p, const Tables& tab
   const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
   const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, ld = n_blocks * kLutRowBlock;
   thread_local std::vector<int32_t> totals;
-  totals.assign(static_cast<size_t>(tab.rows * ld), 0);
+  totals.resize(static_cast<size_t>(tab.rows * ld));  // chunk 0 stores, the others add
   for (int64_t c = 0; c < chunks; ++c)
     for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk(p, tab, nb * kLutRowBlock, c, totals.data() + nb * kLutRowBlock, ld);
   for (int64_t nb = 0; nb < n_blocks; ++nb) lut_epilogue(p, tab, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld);
@@ -338,7 +344,7 @@ BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
     at::parallel_for(0, m_blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const Tables tab = build_tables(p, b * kLutRowsM, std::min(p.m, (b + 1) * kLutRowsM));
-        if (static_cast<int64_t>(tab.data.size() * sizeof(int16_t)) > kTablesL2Budget) {
+        if (tab.bytes > kTablesL2Budget) {
           lut_rows_chunk_order(p, tab);
         } else {
           for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
