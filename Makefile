@@ -21,7 +21,7 @@ CUDA_HOME  ?= /usr/local/cuda
 HAVE_NVCC  := $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
 CUDA_BUILD ?= 1
 
-.PHONY: setup test demo binarize-demo bench callgrind clean cuda-build
+.PHONY: setup test demo binarize-demo bench callgrind roof clean cuda-build
 
 setup: $(BUILT) $(MR)
 
@@ -76,6 +76,12 @@ bench: setup
 # Instruction counts per kernel call (valgrind; slow, load-independent).
 callgrind: setup
 	$(PY) benchmarks/callgrind_kernels.py
+
+# What one core sustains (clock, vpmaddubsw / vpshufb / vpaddw / vfmadd231ps per cycle): the kernels' ceilings.
+roof:
+	mkdir -p build
+	g++ -O2 -mavx2 -mfma -std=c++17 benchmarks/cpu_roof.cpp -o build/cpu_roof
+	taskset -c $$(($$(nproc) - 1)) build/cpu_roof
 
 clean:
 	rm -rf build *.egg-info bitops/*.so $(CUDA_BUILT)
