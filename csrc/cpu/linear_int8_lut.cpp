@@ -284,8 +284,7 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n
 // The exact epilogue of the reference for weight rows [n0, n0 + kLutRowBlock) (clipped at n), 8 rows
 // per vector: the same operations in the same order as signed_dot, add_group and finish (int32 -> float
 // conversion, then * weight scale, * activation scale, + bias, each rounded once: no FMA), so the
-// results are the scalar epilogue's bit for bit. Per result it costs about one instruction instead of
-// ten, which was a third of the call at K = 384.
+// results are the scalar epilogue's bit for bit, at about one instruction per result instead of ten.
 BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_t n0, const int32_t* totals,
                                      int64_t ld) {
   const int64_t rows = std::min(kLutRowBlock, p.n - n0), vector_rows = rows / 8 * 8;
