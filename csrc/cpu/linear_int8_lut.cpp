@@ -23,8 +23,10 @@
 // second weight layout has to be kept next to the packed weights.
 #include <ATen/Parallel.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <utility>
 
 #include "isa.h"
@@ -160,6 +162,60 @@ BITOPS_TARGET_AVX2 void build_span_indices(const Problem& p, int64_t row0, int64
   span_triples(lo, hi, idx, std::make_integer_sequence<int, kSpanTriples>{});
 }
 
+// The shuffle indices of chunk c (kChunkTriples triples) of weight-row block nb: (kSubBlocks, kChunkTriples) ymm.
+BITOPS_TARGET_AVX2 void build_chunk_indices(const Problem& p, int64_t nb, int64_t c, __m256i* idx) {
+  const int64_t t0 = c * kChunkTriples, count = std::min(kChunkTriples, lut_triples(p.nw) - t0);
+  for (int sb = 0; sb < kSubBlocks; ++sb)
+    for (int64_t ts = 0; ts < count; ts += kSpanTriples)
+      build_span_indices(p, nb * kLutRowBlock + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
+}
+
+// Where the shuffle indices of a call come from. With few activation-row blocks every chunk's indices
+// are built where they are used, into an L1-resident scratch (16 KiB), once per activation block. With
+// kPrebuildMinBlocks blocks or more they are built once per call, (n_blocks, chunks, kSubBlocks,
+// kChunkTriples) ymm, and every activation block reads them: N x K / 1.5 bytes (1.5 MiB at BERT-base's
+// FFN shapes), in a buffer of the calling thread that only grows, so that calls do not page-fault it in
+// afresh. Measured per call, interleaved, one thread: 4096 x 384 x 1536 26% faster and 4096 x 1536 x 384
+// 17%; at M = 128 (two blocks) reading them back from L3 cost more than building them twice did
+// (128 x 3072 x 768: 9% slower), so two blocks still build their own.
+class Indices {
+ public:
+  static constexpr int64_t kPrebuildMinBlocks = 3;
+  static constexpr int64_t kChunkVectors = kSubBlocks * kChunkTriples;
+
+  Indices(const Problem& p, int64_t m_blocks) : chunks_((lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples) {
+    if (m_blocks < kPrebuildMinBlocks) return;
+    const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, per_block = chunks_ * kChunkVectors;
+    thread_local std::unique_ptr<void, FreeDeleter> buffer;
+    thread_local int64_t capacity = 0;
+    if (capacity < n_blocks * per_block) {
+      buffer.reset();  // the old buffer goes first: no moment with both
+      // 32, not alignof(__m256i): outside AVX code GCC gives that as 16, and vmovdqa needs 32.
+      buffer.reset(std::aligned_alloc(32, n_blocks * per_block * sizeof(__m256i)));
+      if (!buffer) throw std::bad_alloc();
+      capacity = n_blocks * per_block;
+    }
+    data_ = static_cast<__m256i*>(buffer.get());
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t nb = b0; nb < b1; ++nb)
+        for (int64_t c = 0; c < chunks_; ++c) build_chunk_indices(p, nb, c, data_ + (nb * chunks_ + c) * kChunkVectors);
+    });
+  }
+  // The indices of chunk c of block nb: the prebuilt ones, or built into `scratch` (kChunkVectors ymm).
+  const __m256i* chunk(const Problem& p, int64_t nb, int64_t c, __m256i* scratch) const {
+    if (data_) return data_ + (nb * chunks_ + c) * kChunkVectors;
+    build_chunk_indices(p, nb, c, scratch);
+    return scratch;
+  }
+
+ private:
+  struct FreeDeleter {
+    void operator()(void* q) const { std::free(q); }
+  };
+  int64_t chunks_;
+  __m256i* data_ = nullptr;
+};
+
 // One triple's table (8 int16, one lane) in both lanes of a ymm, for vpshufb's per-lane lookup.
 BITOPS_TARGET_AVX2 inline __m256i load_table(const int16_t* e) {
   return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e)));
@@ -248,17 +304,15 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const _
   widen_add(a3, total[3], first), widen_add(b3, total[3] + kSubRows, first);
 }
 
-// Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times weight rows
-// [n0, n0 + kLutRowBlock) into `totals` (chunk 0 stores into them): row i at totals + (i - tab.i0) * ld, weight row n0 + r at column r.
-BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n0, int64_t c, int32_t* totals,
-                                  int64_t ld) {
-  const int64_t t_count = lut_triples(p.nw), t0 = c * kChunkTriples, count = std::min(kChunkTriples, t_count - t0);
+// Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times the weight rows
+// of block nb, [n0, n0 + kLutRowBlock), into `totals` (chunk 0 stores into them): row i at totals + (i - tab.i0) * ld,
+// weight row n0 + r at column r (n0 = nb * kLutRowBlock).
+BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, const Indices& indices, int64_t nb, int64_t c,
+                                  int32_t* totals, int64_t ld) {
+  const int64_t t_count = lut_triples(p.nw), count = std::min(kChunkTriples, t_count - c * kChunkTriples);
   const int64_t i0 = tab.i0, i1 = tab.i0 + tab.rows;
-  // The indices of this chunk: kSubBlocks x kChunkTriples ymm = 16 KiB, in L1 while every row reads them.
-  alignas(32) __m256i idx[kSubBlocks * kChunkTriples];
-  for (int sb = 0; sb < kSubBlocks; ++sb)
-    for (int64_t ts = 0; ts < count; ts += kSpanTriples)
-      build_span_indices(p, n0 + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
+  alignas(32) __m256i scratch[Indices::kChunkVectors];
+  const __m256i* idx = indices.chunk(p, nb, c, scratch);
   // Activation rows by fours, each through all sub-blocks while its 4 tables (4 KiB) stay in L1 with the
   // indices; the last 1-3 rows in pairs and singles.
   int64_t i4 = i0;
@@ -285,8 +339,9 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, int64_t n
 // per vector: the same operations in the same order as signed_dot, add_group and finish (int32 -> float
 // conversion, then * weight scale, * activation scale, + bias, each rounded once: no FMA), so the
 // results are the scalar epilogue's bit for bit, at about one instruction per result instead of ten.
+// `stream` (see streams_output): whole vectors go out with non-temporal stores.
 BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_t n0, const int32_t* totals,
-                                     int64_t ld) {
+                                     int64_t ld, bool stream) {
   const int64_t rows = std::min(kLutRowBlock, p.n - n0), vector_rows = rows / 8 * 8;
   for (int64_t i = tab.i0; i < tab.i0 + tab.rows; ++i) {
     const int32_t* tot = totals + (i - tab.i0) * ld;
@@ -299,54 +354,73 @@ BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(p.w_scale + n0 + r));
       v = _mm256_mul_ps(v, x_scale);
       if (p.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p.bias + n0 + r));
-      _mm256_storeu_ps(y + r, v);
+      if (stream) {
+        _mm256_stream_ps(y + r, v);
+      } else {
+        _mm256_storeu_ps(y + r, v);
+      }
     }
     for (int64_t r = vector_rows; r < rows; ++r) {
       const int64_t j = n0 + r;
       y[r] = finish(p, add_group(0.f, 0, signed_dot(p, tot[r], p.xsum[i]), p.w_scale[j]), i, j);
     }
   }
+  if (stream) _mm_sfence();  // the streamed results are visible before the thread reports its work done
+}
+
+// Whether the epilogue writes around the caches: when the output (M x N floats) is larger than this core's
+// L2 (512 KiB on Zen3) it cannot stay there anyway, and writing it through L2 evicts the tables and
+// indices the next weight block reads. Streaming made 128 x 768 x 3072 (1.5 MiB of output) and
+// 128 x 384 x 1536 (768 KiB) 4% faster, and 128 x 3072 x 768 (384 KiB) 6% slower (per-call interleaved
+// timing). Needs every row's vectors 32-byte aligned: N a multiple of 8 and y aligned.
+bool streams_output(const Problem& p) {
+  constexpr int64_t kStreamOutputBytes = 512 * 1024;
+  return p.m * p.n * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes && p.n % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(p.y) % 32 == 0;
 }
 
 // Block order: one weight block through every chunk; totals one block wide (<= 32 KiB). Best when the
 // activation block's tables fit in L2 and are re-read by every weight block from there.
-BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, int64_t n0) {
+BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, const Indices& idx, int64_t nb, bool stream) {
   const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
   thread_local std::vector<int32_t> totals;
   totals.resize(static_cast<size_t>(tab.rows * kLutRowBlock));  // chunk 0 stores, the others add
-  for (int64_t c = 0; c < chunks; ++c) lut_chunk(p, tab, n0, c, totals.data(), kLutRowBlock);
-  lut_epilogue(p, tab, n0, totals.data(), kLutRowBlock);
+  for (int64_t c = 0; c < chunks; ++c) lut_chunk(p, tab, idx, nb, c, totals.data(), kLutRowBlock);
+  lut_epilogue(p, tab, nb * kLutRowBlock, totals.data(), kLutRowBlock, stream);
 }
 
 // Chunk order: one chunk through every weight block, so only that chunk's tables (kLutRowsM x 1 KiB) need
 // to stay in L2; the totals span all N. For large K, whose tables per activation block exceed L2.
-BITOPS_TARGET_AVX2 void lut_rows_chunk_order(const Problem& p, const Tables& tab) {
+BITOPS_TARGET_AVX2 void lut_rows_chunk_order(const Problem& p, const Tables& tab, const Indices& idx, bool stream) {
   const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
   const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, ld = n_blocks * kLutRowBlock;
   thread_local std::vector<int32_t> totals;
   totals.resize(static_cast<size_t>(tab.rows * ld));  // chunk 0 stores, the others add
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk(p, tab, nb * kLutRowBlock, c, totals.data() + nb * kLutRowBlock, ld);
-  for (int64_t nb = 0; nb < n_blocks; ++nb) lut_epilogue(p, tab, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld);
+    for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk(p, tab, idx, nb, c, totals.data() + nb * kLutRowBlock, ld);
+  for (int64_t nb = 0; nb < n_blocks; ++nb)
+    lut_epilogue(p, tab, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld, stream);
 }
 
 }  // namespace
 
-// Scheduling: activation rows go in blocks of kLutRowsM. With enough row blocks for the threads, each
-// thread takes whole activation-row blocks: in block order while the block's tables fit the L2 budget
-// (kLutRowsM x K/3 x 16 B: 256 KiB at K = 768), in chunk order above it. Otherwise the tables of all
-// rows are built once and the threads share out the weight-row blocks.
+// Scheduling: activation rows in blocks of kLutRowsM (the weight rows' indices: see Indices).
+// With enough row blocks for the threads, each thread takes whole activation-row blocks: in block order
+// while the block's tables fit the L2 budget (kLutRowsM x K/3 x 16 B: 256 KiB at K = 768), in chunk order
+// above it. Otherwise the tables of all rows are built once and the threads share out the weight-row blocks.
 BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
   constexpr int64_t kTablesL2Budget = 256 * 1024;
   const int64_t m_blocks = (p.m + kLutRowsM - 1) / kLutRowsM, n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock;
+  const bool stream = streams_output(p);
+  const Indices idx(p, m_blocks);
   if (m_blocks > 1 && m_blocks >= at::get_num_threads()) {
     at::parallel_for(0, m_blocks, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const Tables tab = build_tables(p, b * kLutRowsM, std::min(p.m, (b + 1) * kLutRowsM));
         if (tab.bytes > kTablesL2Budget) {
-          lut_rows_chunk_order(p, tab);
+          lut_rows_chunk_order(p, tab, idx, stream);
         } else {
-          for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+          for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, idx, nb, stream);
         }
       }
     });
@@ -354,7 +428,7 @@ BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
   }
   const Tables tab = build_tables(p, 0, p.m);
   at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, nb * kLutRowBlock);
+    for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, idx, nb, stream);
   });
 }
 
