@@ -95,14 +95,15 @@ def test_linear_int8_lut_exact(m, n, k):
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
-# Outputs past 512 KiB go out with non-temporal stores (N a multiple of 8) or not (N odd), and M spans
-# three or more 64-row activation blocks, which read the indices built once per call: one thread (blocks
-# in turn), two (the blocks shared out) and four (more threads than blocks: the weight blocks shared out),
-# at K in block order (tables fit L2) and in chunk order (K = 3072).
+# Several 64-row activation blocks: three or more read the indices built once per call, two do when
+# those fit L2 (100 x 200 x 385) and build their own otherwise (100 x 1030 x 3072). Outputs past 512 KiB
+# go out with non-temporal stores (N a multiple of 8) or not (N odd). One thread (blocks in turn), two
+# (the blocks shared out) and four (more threads than blocks: the weight blocks shared out), at K in
+# block order (tables fit L2) and in chunk order (K = 3072).
 @pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the lookup-table kernel is AVX2 code; this CPU has none")
 @pytest.mark.parametrize("threads", [1, 2, 4])
-@pytest.mark.parametrize("m,n,k", [(200, 1032, 96), (131, 1030, 97), (130, 1032, 3072)])
-def test_linear_int8_lut_large_outputs(m, n, k, threads):
+@pytest.mark.parametrize("m,n,k", [(200, 1032, 96), (131, 1030, 97), (130, 1032, 3072), (100, 200, 385), (100, 1030, 3072)])
+def test_linear_int8_lut_activation_blocks(m, n, k, threads):
     g = torch.Generator().manual_seed(m + n + k)
     packed, scale, gs = make_weight(n, k, 1, gen=g)
     x, xs = make_int8_input(m, k, g, extremes=True)

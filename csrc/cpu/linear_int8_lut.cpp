@@ -170,22 +170,25 @@ BITOPS_TARGET_AVX2 void build_chunk_indices(const Problem& p, int64_t nb, int64_
       build_span_indices(p, nb * kLutRowBlock + sb * kSubRows, (t0 + ts) / kSpanTriples, idx + sb * kChunkTriples + ts);
 }
 
-// Where the shuffle indices of a call come from. With few activation-row blocks every chunk's indices
-// are built where they are used, into an L1-resident scratch (16 KiB), once per activation block. With
-// kPrebuildMinBlocks blocks or more they are built once per call, (n_blocks, chunks, kSubBlocks,
-// kChunkTriples) ymm, and every activation block reads them: N x K / 1.5 bytes (1.5 MiB at BERT-base's
-// FFN shapes), in a buffer of the calling thread that only grows, so that calls do not page-fault it in
-// afresh. Measured per call, interleaved, one thread: 4096 x 384 x 1536 26% faster and 4096 x 1536 x 384
-// 17%; at M = 128 (two blocks) reading them back from L3 cost more than building them twice did
-// (128 x 3072 x 768: 9% slower), so two blocks still build their own.
+// Where the shuffle indices of a call come from. Either every chunk's indices are built where they are
+// used, into an L1-resident scratch (16 KiB), once per activation-row block; or they are built once per
+// call, (n_blocks, chunks, kSubBlocks, kChunkTriples) ymm, and every activation block reads them:
+// N x K / 1.5 bytes (1.5 MiB at BERT-base's FFN shapes), in a buffer of the calling thread that only
+// grows, so that calls do not page-fault it in afresh. Measured per call, interleaved, one thread:
+//   - 4096 x 384 x 1536 26% faster built once, 4096 x 1536 x 384 17%;
+//   - at M = 128 (two blocks) reading 1.5 MiB back from L3 cost more than building them twice
+//     (128 x 3072 x 768: 9% slower), but indices that fit L2 (MiniLM's shapes, BERT-base's 768 x 768:
+//     <= 384 KiB) were 2-8% faster built once.
+// So: built once from three activation blocks up, or from two when they fit kIndicesL2Budget.
 class Indices {
  public:
-  static constexpr int64_t kPrebuildMinBlocks = 3;
   static constexpr int64_t kChunkVectors = kSubBlocks * kChunkTriples;
+  static constexpr int64_t kIndicesL2Budget = 512 * 1024;
 
   Indices(const Problem& p, int64_t m_blocks) : chunks_((lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples) {
-    if (m_blocks < kPrebuildMinBlocks) return;
     const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, per_block = chunks_ * kChunkVectors;
+    const int64_t bytes = n_blocks * per_block * static_cast<int64_t>(sizeof(__m256i));
+    if (m_blocks < 2 || (m_blocks == 2 && bytes > kIndicesL2Budget)) return;
     thread_local std::unique_ptr<void, FreeDeleter> buffer;
     thread_local int64_t capacity = 0;
     if (capacity < n_blocks * per_block) {
