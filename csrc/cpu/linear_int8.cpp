@@ -302,6 +302,80 @@ BITOPS_TARGET_AVX2 void gemv_avx2(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
+// --- 2-bit GEMV on field planes. A 32-byte run of 2-bit packed words holds 128 codes: byte b holds
+// codes 4b .. 4b+3 of the run, code 4b + f in bits 2f, 2f+1 (bitops/formats.py). So (run >> 2f) & 3 puts
+// code 4b + f in byte b: four shifts and masks expand 128 codes, where expand_chunk_2bit takes a
+// broadcast, two shuffles and a blend per 32. The activations are permuted to match instead of the
+// weights, once per call (M <= 4 rows of K bytes): plane f of a 128-code block holds x[4b + f] at
+// byte b. XOR with 0xAA flips the high bit of every field first, giving u = field ^ 2 directly.
+constexpr int64_t kPlaneBlock = 128;  // codes per 32-byte run of 2-bit words
+constexpr int64_t kPlaneBlocksPerFlush = 8;  // 8 blocks x 4 planes of vpmaddubsw pairs <= 768: 24576 < 32767
+
+// Whole 128-code blocks of the (m, kp) activations in plane order; the tail past them stays as it is.
+void split_planes(const Problem& p, int8_t* planes) {
+  for (int64_t i = 0; i < p.m; ++i) {
+    const int8_t* x = p.x + i * p.kp;
+    int8_t* out = planes + i * p.kp;
+    const int64_t whole = p.kp / kPlaneBlock * kPlaneBlock;
+    for (int64_t c0 = 0; c0 < whole; c0 += kPlaneBlock)
+      for (int64_t f = 0; f < 4; ++f)
+        for (int64_t b = 0; b < 32; ++b) out[c0 + 32 * f + b] = x[c0 + 4 * b + f];
+    std::copy(x + whole, x + p.kp, out + whole);
+  }
+}
+
+template <int MR>
+BITOPS_TARGET_AVX2 void gemv_rows_planes(const Problem& p, const int8_t* planes, int64_t n0, int64_t n1) {
+  const __m256i ones = _mm256_set1_epi16(1), low_field = _mm256_set1_epi8(3), to_u = _mm256_set1_epi8(static_cast<char>(0xAA));
+  // Blocks backed by 8 whole words; the rest (a partial block, an odd word count) in 32-code chunks.
+  const int64_t blocks = std::min(p.kp / kPlaneBlock, p.nw / 8), chunks = p.kp / kStep;
+  for (int64_t j = n0; j < n1; ++j) {
+    const int32_t* row = p.w + j * p.nw;
+    __m256i acc32[MR];
+    for (int i = 0; i < MR; ++i) acc32[i] = _mm256_setzero_si256();
+    for (int64_t bb = 0; bb < blocks; bb += kPlaneBlocksPerFlush) {
+      __m256i acc16[MR];
+      for (int i = 0; i < MR; ++i) acc16[i] = _mm256_setzero_si256();
+      for (int64_t blk = bb; blk < std::min(blocks, bb + kPlaneBlocksPerFlush); ++blk) {
+        const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 8 * blk)), to_u);
+        const __m256i u0 = _mm256_and_si256(q, low_field), u1 = _mm256_and_si256(_mm256_srli_epi16(q, 2), low_field);
+        const __m256i u2 = _mm256_and_si256(_mm256_srli_epi16(q, 4), low_field), u3 = _mm256_and_si256(_mm256_srli_epi16(q, 6), low_field);
+        for (int i = 0; i < MR; ++i) {
+          const __m256i* x = reinterpret_cast<const __m256i*>(planes + i * p.kp + blk * kPlaneBlock);
+          const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(u0, _mm256_loadu_si256(x)),
+                                               _mm256_maddubs_epi16(u1, _mm256_loadu_si256(x + 1)));
+          const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(u2, _mm256_loadu_si256(x + 2)),
+                                               _mm256_maddubs_epi16(u3, _mm256_loadu_si256(x + 3)));
+          acc16[i] = _mm256_add_epi16(acc16[i], _mm256_add_epi16(s01, s23));
+        }
+      }
+      for (int i = 0; i < MR; ++i) acc32[i] = _mm256_add_epi32(acc32[i], _mm256_madd_epi16(acc16[i], ones));
+    }
+    // The tail: at most 3 chunks plus an odd word's half, each sum <= 768 per pair: no int16 overflow.
+    __m256i tail16[MR];
+    for (int i = 0; i < MR; ++i) tail16[i] = _mm256_setzero_si256();
+    for (int64_t c = blocks * (kPlaneBlock / kStep); c < chunks; ++c) {
+      const __m256i u = expand_chunk(p, row, c);
+      for (int i = 0; i < MR; ++i)
+        tail16[i] = _mm256_add_epi16(tail16[i], _mm256_maddubs_epi16(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.x + i * p.kp + c * kStep))));
+    }
+    for (int i = 0; i < MR; ++i) {
+      acc32[i] = _mm256_add_epi32(acc32[i], _mm256_madd_epi16(tail16[i], ones));
+      const int32_t acc = signed_dot(p, hsum_epi32(acc32[i]), p.xsum[i]);
+      p.y[i * p.n + j] = finish(p, add_group(0.f, 0, acc, p.w_scale[j]), i, j);
+    }
+  }
+}
+
+BITOPS_TARGET_AVX2 void gemv_planes_avx2(const Problem& p, const int8_t* planes, int64_t n0, int64_t n1) {
+  switch (p.m) {
+    case 1: return gemv_rows_planes<1>(p, planes, n0, n1);
+    case 2: return gemv_rows_planes<2>(p, planes, n0, n1);
+    case 3: return gemv_rows_planes<3>(p, planes, n0, n1);
+    default: return gemv_rows_planes<4>(p, planes, n0, n1);
+  }
+}
+
 // decode_block with the GEMV path's register expansion, 32 codes per vector store where decode_block
 // stores 4 or 8 per table lookup: 5-10% of a 2-bit call at BERT-base shapes, M = 128 (per-call interleaved
 // timing). The chunks past the whole words (an odd word count's last half chunk, the zero padding to kp)
@@ -369,8 +443,17 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
     return y;
   }
   if (path == "gemv") {
+    // 2-bit codes, one scale group: the field-plane GEMV (activations permuted once, here).
+    const bool planes = bits == 2 && groups == 1;
+    const at::Tensor x_planes = planes ? at::empty({m, kp}, x_pad.options()) : at::Tensor();
+    if (planes) split_planes(p, x_planes.data_ptr<int8_t>());
     at::parallel_for(0, (n + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b0, int64_t b1) {
-      gemv_avx2(p, b0 * kRowsPerBlock, std::min(n, b1 * kRowsPerBlock));
+      const int64_t n0 = b0 * kRowsPerBlock, n1 = std::min(n, b1 * kRowsPerBlock);
+      if (planes) {
+        gemv_planes_avx2(p, x_planes.data_ptr<int8_t>(), n0, n1);
+      } else {
+        gemv_avx2(p, n0, n1);
+      }
     });
     return y;
   }
