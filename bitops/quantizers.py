@@ -132,9 +132,21 @@ def quantize_per_token_symmetric(x: torch.Tensor, bits: int = 8) -> Tuple[torch.
     (1 for an all-zero row) and ``q = clamp(round(x / scale), -2**(bits-1), 2**(bits-1) - 1)``.
     """
     _qrange(bits)
-    from ._ops import ops  # the op lives in the extension; quantizers stays importable without it
+    return _ops().quantize_rows_int8(x.detach(), bits)
 
-    return ops.quantize_rows_int8(x.detach(), bits)
+
+def _ops():
+    """torch.ops.bitops, once the extension is loaded: imported on first use (quantizers stays importable
+    without the extension) and kept, because an import statement in the per-call path costs microseconds."""
+    global _OPS
+    if _OPS is None:
+        from ._ops import ops
+
+        _OPS = ops
+    return _OPS
+
+
+_OPS = None
 
 
 class PerTokenSymmetricSTE(torch.autograd.Function):
