@@ -118,20 +118,21 @@ def test_linear_int8_lut_activation_blocks(m, n, k, threads):
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
-# The 2-bit GEMV on field planes: K around its 128-code blocks (a partial last block, an odd word count:
-# K = 8, 24, 136 leave half a chunk), across an int16 flush (8 blocks = 1024 codes), M = 1..4; and the
-# largest partial sums, u = 3 (code 1) against x = -128 in every position.
-@pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the 2-bit GEMV is AVX2 code; this CPU has none")
-@pytest.mark.parametrize("m", [1, 2, 3, 4])
-@pytest.mark.parametrize("k", [8, 24, 32, 127, 128, 129, 136, 255, 256, 1024, 1025, 1160, 3072])
-def test_linear_int8_gemv_2bit_planes(m, k):
+# 2-bit codes in field-plane order (the GEMV, M = 1..4, and the byte kernel's decode, M = 5, 9): K around
+# the 128-code blocks (a partial last block; K = 97..112 fill kp = 128 with 7 words only, so no block is
+# whole; an odd word count: K = 8, 24, 136 leave half a chunk), across an int16 flush (8 blocks = 1024
+# codes); and the largest partial sums, u = 3 (code 1) against x = -128 in every position.
+@pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the plane paths are AVX2 code; this CPU has none")
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("k", [8, 24, 32, 100, 112, 127, 128, 129, 136, 255, 256, 1024, 1025, 1160, 3072])
+def test_linear_int8_2bit_planes(m, k):
     g = torch.Generator().manual_seed(m * 7919 + k)
     n = 37
     packed, scale, gs = make_weight(n, k, 2, gen=g)
     x, xs = make_int8_input(m, k, g, extremes=True)
     bias = torch.randn(n, generator=g)
     with cpu_isa("avx2"):
-        assert int8_path(m, 2, 1, k) == "gemv"
+        assert int8_path(m, 2, 1, k) == ("gemv" if m <= 4 else "bytes")
         got = ops.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs)
         assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs))
         worst = R.pack_bits(torch.ones(n, k, dtype=torch.int8), 2)

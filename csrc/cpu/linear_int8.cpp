@@ -311,12 +311,15 @@ BITOPS_TARGET_AVX2 void gemv_avx2(const Problem& p, int64_t n0, int64_t n1) {
 constexpr int64_t kPlaneBlock = 128;  // codes per 32-byte run of 2-bit words
 constexpr int64_t kPlaneBlocksPerFlush = 8;  // 8 blocks x 4 planes of vpmaddubsw pairs <= 768: 24576 < 32767
 
-// Whole 128-code blocks of the (m, kp) activations in plane order; the tail past them stays as it is.
+// The 128-code blocks that lie in kp and are backed by 8 whole words each: the ones the plane paths take.
+int64_t plane_blocks(const Problem& p) { return std::min(p.kp / kPlaneBlock, p.nw / 8); }
+
+// The plane blocks of the (m, kp) activations in plane order; the tail past them stays as it is.
 void split_planes(const Problem& p, int8_t* planes) {
   for (int64_t i = 0; i < p.m; ++i) {
     const int8_t* x = p.x + i * p.kp;
     int8_t* out = planes + i * p.kp;
-    const int64_t whole = p.kp / kPlaneBlock * kPlaneBlock;
+    const int64_t whole = plane_blocks(p) * kPlaneBlock;
     for (int64_t c0 = 0; c0 < whole; c0 += kPlaneBlock)
       for (int64_t f = 0; f < 4; ++f)
         for (int64_t b = 0; b < 32; ++b) out[c0 + 32 * f + b] = x[c0 + 4 * b + f];
@@ -327,8 +330,8 @@ void split_planes(const Problem& p, int8_t* planes) {
 template <int MR>
 BITOPS_TARGET_AVX2 void gemv_rows_planes(const Problem& p, const int8_t* planes, int64_t n0, int64_t n1) {
   const __m256i ones = _mm256_set1_epi16(1), low_field = _mm256_set1_epi8(3), to_u = _mm256_set1_epi8(static_cast<char>(0xAA));
-  // Blocks backed by 8 whole words; the rest (a partial block, an odd word count) in 32-code chunks.
-  const int64_t blocks = std::min(p.kp / kPlaneBlock, p.nw / 8), chunks = p.kp / kStep;
+  // Plane blocks; the rest (a partial block, an odd word count) in 32-code chunks.
+  const int64_t blocks = plane_blocks(p), chunks = p.kp / kStep;
   for (int64_t j = n0; j < n1; ++j) {
     const int32_t* row = p.w + j * p.nw;
     __m256i acc32[MR];
@@ -378,14 +381,25 @@ BITOPS_TARGET_AVX2 void gemv_planes_avx2(const Problem& p, const int8_t* planes,
 
 // decode_block with the GEMV path's register expansion, 32 codes per vector store where decode_block
 // stores 4 or 8 per table lookup: 5-10% of a 2-bit call at BERT-base shapes, M = 128 (per-call interleaved
-// timing). The chunks past the whole words (an odd word count's last half chunk, the zero padding to kp)
-// go through the portable decoder.
-BITOPS_TARGET_AVX2 void decode_block_avx2(const Problem& p, int64_t n0, int64_t rows, uint8_t* u) {
+// timing). With `planes` (2-bit codes; the activations split_planes'd to match) whole 128-code blocks are
+// decoded in field-plane order instead, 4 shifts and masks per 128 codes. The chunks past the whole words
+// (an odd word count's last half chunk, the zero padding to kp) go through the portable decoder.
+BITOPS_TARGET_AVX2 void decode_block_avx2(const Problem& p, int64_t n0, int64_t rows, uint8_t* u, bool planes) {
   const int64_t words_per_chunk = kStep * p.bits / 32, whole = std::min(p.nw / words_per_chunk, p.kp / kStep);
+  const int64_t blocks = planes ? plane_blocks(p) : 0;
+  const __m256i low_field = _mm256_set1_epi8(3), to_u = _mm256_set1_epi8(static_cast<char>(0xAA));
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t* row = p.w + (n0 + r) * p.nw;
     uint8_t* dst = u + r * p.kp;
-    for (int64_t c = 0; c < whole; ++c)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 8 * blk)), to_u);
+      __m256i* out = reinterpret_cast<__m256i*>(dst + blk * kPlaneBlock);
+      _mm256_storeu_si256(out, _mm256_and_si256(q, low_field));
+      _mm256_storeu_si256(out + 1, _mm256_and_si256(_mm256_srli_epi16(q, 2), low_field));
+      _mm256_storeu_si256(out + 2, _mm256_and_si256(_mm256_srli_epi16(q, 4), low_field));
+      _mm256_storeu_si256(out + 3, _mm256_and_si256(_mm256_srli_epi16(q, 6), low_field));
+    }
+    for (int64_t c = blocks * (kPlaneBlock / kStep); c < whole; ++c)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c * kStep), expand_chunk(p, row, c));
     const int64_t w0 = whole * words_per_chunk;
     expand_words(row + w0, p.nw - w0, p.bits, /*to_values=*/false, dst + whole * kStep);
@@ -399,6 +413,42 @@ BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, c
   for (; i < p.m; ++i) rows_avx2<1>(p, i, n0, rows, u);
 }
 #endif
+
+// Weight rows decoded to bytes, kRowsPerBlock at a time, each block multiplied by every activation row
+// (AVX2 tiles or the portable loops); the blocks are shared out over threads. 2-bit codes with one scale
+// group decode in field-plane order (decode_block_avx2), so the activations go in that order too.
+void linear_bytes(const Problem& p_in, bool avx2) {
+  Problem p = p_in;
+  at::Tensor x_planes;
+#if BITOPS_X86
+  if (avx2 && p.bits == 2 && p.groups == 1) {
+    x_planes = at::empty({p.m, p.kp}, at::kChar);
+    split_planes(p, x_planes.data_ptr<int8_t>());
+    p.x = x_planes.data_ptr<int8_t>();  // sum(x) per row, computed before, is the same in any order
+  }
+#endif
+  const int64_t blocks = (p.n + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    // From torch's allocator: 64-byte aligned, so no 32-byte load of a decoded row straddles two cache lines.
+    // A std::vector's 16-byte alignment left that to chance (malloc's address mod 32), and with the straddle
+    // the 2-bit kernel ran 12-17% slower (per-call interleaved timing at BERT-base shapes, M = 128).
+    const at::Tensor u_block = at::empty({kRowsPerBlock * p.kp}, at::kByte);
+    uint8_t* u = u_block.data_ptr<uint8_t>();
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, p.n - n0);
+#if BITOPS_X86
+      if (avx2) {
+        decode_block_avx2(p, n0, rows, u, x_planes.defined());
+        block_avx2(p, n0, rows, u);
+        continue;
+      }
+#endif
+      decode_block(p, n0, rows, u);
+      block_portable(p, n0, rows, u);
+    }
+  });
+  (void)avx2;  // unused where BITOPS_X86 is 0
+}
 
 at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_scale_in, const at::Tensor& w_in,
                                   const at::Tensor& w_scale_in, const std::optional<at::Tensor>& bias_in,
@@ -458,28 +508,7 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
     return y;
   }
 #endif
-  const bool bytes_avx2 = path == "bytes";
-  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    // From torch's allocator: 64-byte aligned, so no 32-byte load of a decoded row straddles two cache lines.
-    // A std::vector's 16-byte alignment left that to chance (malloc's address mod 32), and with the straddle
-    // the 2-bit kernel ran 12-17% slower (per-call interleaved timing at BERT-base shapes, M = 128).
-    const at::Tensor u_block = at::empty({kRowsPerBlock * kp}, x_in.options().dtype(at::kByte));
-    uint8_t* u = u_block.data_ptr<uint8_t>();
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, n - n0);
-#if BITOPS_X86
-      if (bytes_avx2) {
-        decode_block_avx2(p, n0, rows, u);
-        block_avx2(p, n0, rows, u);
-        continue;
-      }
-#endif
-      decode_block(p, n0, rows, u);
-      block_portable(p, n0, rows, u);
-    }
-  });
-  (void)bytes_avx2;
+  linear_bytes(p, path == "bytes");
   return y;
 }
 
