@@ -21,8 +21,9 @@ import tempfile
 # packed_gemv_int8 (the weights converted to the GEMV layout first, outside the count).
 CALLS = [
     ("gemv_avx2", 1, 768, 3072, 1),
+    ("gemv_planes_avx2", 1, 768, 3072, 2),
     ("lut_gemm_avx2", 128, 768, 3072, 1),
-    ("block_avx2", 128, 768, 3072, 2),
+    ("linear_bytes", 128, 768, 3072, 2),
     ("packed_gemv_int8_cpu", 1, 768, 3072, 1),
 ]
 
