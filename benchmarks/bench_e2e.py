@@ -1,14 +1,16 @@
 """End-to-end CPU latency of a real 6-layer BERT (all-MiniLM-L6-v2, the embedded teacher base) in
-three forms, measured in one run, one thread pinned, medians:
+four forms, measured in one run, one thread pinned, medians:
 
   fp32         the transformers BertModel as loaded
   int8 fbgemm  torch.ao.quantization.quantize_dynamic of every nn.Linear (qint8 weights, dynamic
                int8 activations): what a user gets from PyTorch today
   W1A8 packed  every encoder nn.Linear swapped for a frozen bitops.BinaryLinear (1-bit packed weights,
                8-bit per-token activations): the same modules a kd/ student exports
+  W1A8 packed, GELU fused
+               the same after bitops.fuse_gelu_ (what kd.load_exported and from_pretrained give)
 
-at batch 1 x 128 and 32 x 128 tokens of real text. Also reports how close the packed model's outputs
-are to the fake-quant model's (the same quantizers with dense float math), as in `make demo`.
+at batch 1 x 128 and 32 x 128 tokens of real text. Also reports how far each packed model's outputs
+are from the fake-quant model's (the same quantizers with dense float math; bitops.demo).
 Writes CSV, markdown and (with matplotlib) a PNG bar chart.
 Usage: python benchmarks/bench_e2e.py [--batches 1 32] [--seq-len 128] [--repeats 5]
 """
@@ -22,7 +24,7 @@ import torch
 
 import bitops
 from bitops._timing import interleaved_median_ms
-from bitops.demo import SENTENCES, encoder_linear, model_dir
+from bitops.demo import SENTENCES, encoder_linear, fake_quant_copy, model_dir
 from _report import pin_threads, write_results
 
 
@@ -34,10 +36,13 @@ def build_models():
     fp32 = BertModel.from_pretrained(path).eval()
     int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     packed = bitops.quantize_(copy.deepcopy(fp32), bitops.BinaryConfig(act_bits=8), filter_fn=encoder_linear)
+    fake = fake_quant_copy(packed)
     for m in packed.modules():
         if isinstance(m, bitops.BinaryLinear):
             m.freeze()
-    return tok, {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed}
+    fused = copy.deepcopy(packed)
+    bitops.fuse_gelu_(fused)
+    return tok, {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, GELU fused": fused}, fake
 
 
 def main(argv=None) -> None:
@@ -47,13 +52,13 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--compile", action="store_true",
-                    help="also time torch.compile(W1A8 packed) (fullgraph; the first call compiles, ~1 min)")
+                    help="also time torch.compile of the GELU-fused W1A8 model (fullgraph; the first call compiles, ~1 min)")
     args = ap.parse_args(argv)
     pin_threads(1)
     torch.manual_seed(0)
-    tok, models = build_models()
+    tok, models, fake = build_models()
     if args.compile:
-        models["W1A8 packed, compiled"] = torch.compile(models["W1A8 packed"], fullgraph=True)
+        models["W1A8 packed, GELU fused, compiled"] = torch.compile(models["W1A8 packed, GELU fused"], fullgraph=True)
     records = []
     for b in args.batches:
         texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
@@ -62,13 +67,21 @@ def main(argv=None) -> None:
             # Round-robin over the models, so that the machine's drift does not enter their ratios.
             calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
             times = interleaved_median_ms(calls, repeats=args.repeats)
+            want = fake(**batch).last_hidden_state
+            diffs = {name: (models[name](**batch).last_hidden_state - want).abs()
+                     for name in models if name.startswith("W1A8")}
         for name, ms in times.items():
+            d = diffs.get(name)
             records.append({"batch": b, "seq_len": args.seq_len, "model": name, "ms": ms,
-                            "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms})
+                            "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms,
+                            "max_diff_vs_fake_quant": "" if d is None else f"{float(d.max()):.3e}",
+                            "mean_diff_vs_fake_quant": "" if d is None else f"{float(d.mean()):.3e}"})
     lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats} interleaved rounds, torch {torch.__version__}, "
-             f"bitops CPU path {bitops.cpu_isa()}", "", "| batch x tokens | model | ms | vs fp32 | vs int8 |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |"
+             f"bitops CPU path {bitops.cpu_isa()}", "",
+             "| batch x tokens | model | ms | vs fp32 | vs int8 | vs fake-quant: max / mean abs diff |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x | "
+              + (f"{r['max_diff_vs_fake_quant']} / {r['mean_diff_vs_fake_quant']} |" if r["max_diff_vs_fake_quant"] else "|")
               for r in records]
     write_results(args.out_dir, "e2e", records, "\n".join(lines) + "\n")
     try:
@@ -80,9 +93,10 @@ def main(argv=None) -> None:
         fig, axes = plt.subplots(1, len(args.batches), figsize=(4.5 * len(args.batches), 3.5))
         for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
             rs = [r for r in records if r["batch"] == b]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8"][: len(rs)])
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#a4c"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
             ax.set_ylabel("ms")
+            ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()
         fig.savefig(os.path.join(args.out_dir, "e2e.png"), dpi=110)
     except ImportError:

@@ -155,9 +155,14 @@ def check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features
     return n
 
 
-def check_quantize_rows(x: torch.Tensor, bits: int) -> None:
+ROW_ACTIVATIONS = ("none", "gelu")  # what quantize_rows_int8 may apply to x before quantizing it
+
+
+def check_quantize_rows(x: torch.Tensor, bits: int, activation: str = "none") -> None:
     if isinstance(bits, bool) or bits not in (4, 8):
         _fail(f"bits={bits!r} is not supported for activations; expected 8 or 4")
+    if activation not in ROW_ACTIVATIONS:
+        _fail(f"activation={activation!r} is not supported; expected 'none' or 'gelu'")
     check_dtype("x", x, *FLOAT_ACTIVATION_DTYPES)
     check_dim("x", x, 2, "(M, K) float activations")
 

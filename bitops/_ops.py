@@ -47,8 +47,8 @@ def _packed_linear_float_fake(x, packed_weight, weight_scale, bias, bits, in_fea
 
 
 @torch.library.register_fake("bitops::quantize_rows_int8")
-def _quantize_rows_int8_fake(x, bits):
-    _checks.check_quantize_rows(x, bits)
+def _quantize_rows_int8_fake(x, bits, activation="none"):
+    _checks.check_quantize_rows(x, bits, activation)
     return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:1], dtype=torch.float32)
 
 

@@ -52,6 +52,17 @@ def linear_bytes(model: torch.nn.Module, packed: bool) -> int:
     return total
 
 
+def fake_quant_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose (unfrozen) packed layers are FakeQuantLinear: the same quantizers,
+    dense float math. What the packed model's outputs are compared with."""
+    fake = copy.deepcopy(model)
+    for name, m in list(fake.named_modules()):
+        if isinstance(m, (bitops.BinaryLinear, bitops.TernaryLinear)):
+            parent, _, child = name.rpartition(".")
+            setattr(fake.get_submodule(parent), child, FakeQuantLinear(m))
+    return fake
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -71,11 +82,7 @@ def main(argv=None) -> None:
     batch = tok(texts, padding="max_length", truncation=True, max_length=args.seq_len, return_tensors="pt")
 
     packed = bitops.quantize_(copy.deepcopy(fp32), bitops.BinaryConfig(act_bits=8), filter_fn=encoder_linear)
-    fake = copy.deepcopy(packed)
-    for name, m in list(fake.named_modules()):
-        if isinstance(m, bitops.BinaryLinear):
-            parent, _, child = name.rpartition(".")
-            setattr(fake.get_submodule(parent), child, FakeQuantLinear(m))
+    fake = fake_quant_copy(packed)
     for m in packed.modules():
         if isinstance(m, bitops.BinaryLinear):
             m.freeze()

@@ -122,6 +122,10 @@ class _PackedLinear(FrozenPackedState, nn.Module):
     _checked_state_keys = ("format", "bits", "in_features", "out_features", "group_size", "act_bits", "act_quant", "halves")
 
     weight_format: PackFormat
+    # "gelu" once bitops.fuse_gelu_ moved the GELU in front of this layer into it: the layer then
+    # computes W gelu(x) + b and quantizes gelu(x) in one pass. Model structure, like the module swap
+    # itself, so not in the state_dict, whose tensors are the same either way.
+    input_activation: Optional[str] = None
 
     def __init__(
         self,
@@ -203,14 +207,17 @@ class _PackedLinear(FrozenPackedState, nn.Module):
 
     def quantize_input(self, x2d: torch.Tensor):
         """(x_hat, q, x_scale) for a (M, K) input; q and x_scale are None for float activations."""
+        needs_x_hat = torch.is_grad_enabled() and (x2d.requires_grad or not self.frozen)
+        if self.act_bits is not None and self.act_quant == "dynamic" and not needs_x_hat:
+            # No backward will read x_hat (the fake-quantized input that grad_weight and the STE
+            # use): the kernels need only the codes, so skip building that float copy. A fused GELU
+            # is applied inside the quantization (x_hat is then unused, and left as the raw input).
+            q, s = Q.quantize_per_token_symmetric(x2d, self.act_bits, self.input_activation or "none")
+            return x2d, q, s
+        if self.input_activation == "gelu":
+            x2d = torch.nn.functional.gelu(x2d)
         if self.act_bits is None:
             return x2d, None, None
-        needs_x_hat = torch.is_grad_enabled() and (x2d.requires_grad or not self.frozen)
-        if self.act_quant == "dynamic" and not needs_x_hat:
-            # No backward will read x_hat (the fake-quantized input that grad_weight and the STE
-            # use): the kernels need only the codes, so skip building that float copy.
-            q, s = Q.quantize_per_token_symmetric(x2d, self.act_bits)
-            return x2d, q, s
         if self.act_quant == "dynamic":
             return Q.PerTokenSymmetricSTE.apply(x2d, self.act_bits)
         if self.act_quant == "pact":
@@ -302,9 +309,10 @@ class _PackedLinear(FrozenPackedState, nn.Module):
     def extra_repr(self) -> str:
         gran = {"tensor": "per tensor", "row": "per row", "group": f"per group of {self.group_size}"}[self.granularity]
         act = "float" if self.act_bits is None else f"int{self.act_bits} {self.act_quant}"
+        fused = f", input_activation={self.input_activation}" if self.input_activation else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"weight={self.weight_format.value} ({self.bits}-bit, {gran}), act={act}, frozen={self.frozen}"
+            f"weight={self.weight_format.value} ({self.bits}-bit, {gran}), act={act}, frozen={self.frozen}{fused}"
         )
 
 

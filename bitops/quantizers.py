@@ -125,14 +125,15 @@ def _qrange(bits: int) -> Tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
-def quantize_per_token_symmetric(x: torch.Tensor, bits: int = 8) -> Tuple[torch.Tensor, torch.Tensor]:
+def quantize_per_token_symmetric(x: torch.Tensor, bits: int = 8, activation: str = "none") -> Tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-row quantization of a (M, K) tensor (``torch.ops.bitops.quantize_rows_int8``).
 
     Returns ``(q int8 (M, K), scale float32 (M,))`` with ``scale = max|x_row| / (2**(bits-1) - 1)``
     (1 for an all-zero row) and ``q = clamp(round(x / scale), -2**(bits-1), 2**(bits-1) - 1)``.
+    ``activation="gelu"`` quantizes ``gelu(x)`` in the same pass, without writing it out.
     """
     _qrange(bits)
-    return _ops().quantize_rows_int8(x.detach(), bits)
+    return _ops().quantize_rows_int8(x.detach(), bits, activation)
 
 
 def _ops():

@@ -54,19 +54,22 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     return values.to(torch.int8)
 
 
-def quantize_rows_int8(x: torch.Tensor, bits: int):
+def quantize_rows_int8(x: torch.Tensor, bits: int, activation: str = "none"):
     """Dynamic symmetric per-row quantization of float x (M, K): ``(q int8 (M, K), scale float32 (M,))``.
 
     ``scale = max|x_row| / (2**(bits-1) - 1)`` (1 for an all-zero row, so nothing divides by zero),
     ``q = clamp(round_half_even(x / scale), -2**(bits-1), 2**(bits-1) - 1)``; all in float32.
+    ``activation="gelu"``: the same of ``torch.nn.functional.gelu(x.float())`` (erf form).
     """
-    _checks.check_quantize_rows(x, bits)
+    _checks.check_quantize_rows(x, bits, activation)
     hi = 2 ** (bits - 1) - 1
     xf = x.to(torch.float32)
     bad = ~torch.isfinite(xf).all(dim=-1)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
         raise ValueError(f"x holds non-finite values (nan or inf) in row {row}; expected finite activations")
+    if activation == "gelu":
+        xf = torch.nn.functional.gelu(xf)
     amax = xf.abs().amax(dim=-1) if xf.shape[-1] else xf.new_zeros(xf.shape[:-1])
     scale = torch.where(amax > 0, amax / torch.tensor(float(hi)), torch.ones_like(amax))
     q = torch.clamp(torch.round(xf / scale.unsqueeze(-1)), -hi - 1, hi).to(torch.int8)

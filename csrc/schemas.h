@@ -24,8 +24,9 @@ inline constexpr const char* kSchemas[] = {
   "packed_linear_float(Tensor x, Tensor packed_weight, Tensor weight_scale, Tensor? bias, int bits, "
       "int in_features, int group_size) -> Tensor",
   // Dynamic symmetric per-row int8 quantization of float activations (M, K): (codes int8 (M, K),
-  // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row.
-  "quantize_rows_int8(Tensor x, int bits) -> (Tensor, Tensor)",
+  // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row. activation
+  // "gelu" quantizes gelu(x) (erf form, torch's arithmetic) instead of x, without materializing it.
+  "quantize_rows_int8(Tensor x, int bits, str activation=\"none\") -> (Tensor, Tensor)",
   // grad_input (M, K) = grad_output (M, N) times dequantized W (N, K): the backward of the two above.
   "packed_linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, int bits, "
       "int in_features, int group_size) -> Tensor",

@@ -36,6 +36,8 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+import bitops
+
 from . import export
 from .models import ATTN_IMPLEMENTATION, QuantSpec
 
@@ -189,6 +191,7 @@ class BitbertHfQuantizer(HfQuantizer):
         # and their buffers are then replaced by the checkpoint's tensors.
         for fqn, state in qc.packed_modules.items():
             export._swap_in_frozen(model, fqn, state, cfg_path=where)
+        bitops.fuse_gelu_(model)  # as kd.export.load_exported does: structure only, no tensors change
         for fqn in qc.packed_modules:
             buffers = dict(model.get_submodule(fqn).named_buffers(recurse=False))
             if "weight_scale" not in buffers:  # _LoadPackedScale brings the extra state with it

@@ -1,5 +1,6 @@
 """BinaryLinear / TernaryLinear: gradients equal the reference straight-through gradients, a frozen
 layer computes bit for bit what the training layer computed, state_dicts are packed and reload."""
+import copy
 import io
 
 import pytest
@@ -163,6 +164,53 @@ def test_quantize_swaps_linears_in_place():
     bitops.quantize_(model, bitops.TernaryConfig(freeze=True))
     assert isinstance(model[2][1], bitops.TernaryLinear) and model[2][1].frozen
     assert isinstance(model[0], bitops.BinaryLinear)  # already swapped layers are left alone
+
+
+def _small_bert(hidden_act="gelu"):
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                     max_position_embeddings=24, hidden_act=hidden_act, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    return BertModel(cfg).eval()
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen", "training"])
+def test_fuse_gelu(frozen):
+    model = bitops.quantize_(_small_bert(), bitops.BinaryConfig(act_bits=8, freeze=frozen))
+    fused = copy.deepcopy(model)
+    assert bitops.fuse_gelu_(fused) == 2
+    ffn2 = fused.encoder.layer[0].output.dense
+    assert fused.encoder.layer[0].intermediate.intermediate_act_fn.__class__ is torch.nn.Identity
+    assert ffn2.input_activation == "gelu" and "input_activation=gelu" in repr(ffn2)
+    assert bitops.fuse_gelu_(fused) == 0  # already fused
+    # Structure only: the tensors, and so every saved file, are the same.
+    a, b = model.state_dict(), fused.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    ids = torch.randint(0, 50, (3, 20), generator=torch.Generator().manual_seed(1))
+    if frozen:
+        with torch.inference_mode():
+            want, got = model(ids).last_hidden_state, fused(ids).last_hidden_state
+        # The fused GELU is bitops' own (~1e-7 from torch's): at most a rare int8 code moves by one.
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-2)
+        assert (got - want).abs().mean() < 1e-4
+    else:
+        # Training runs torch's GELU before the usual quantizer: forward and gradients are unchanged.
+        want, got = model(ids).last_hidden_state, fused(ids).last_hidden_state
+        assert torch.equal(got, want)
+        want.square().sum().backward()
+        got.square().sum().backward()
+        for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+            assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name  # None: the pooler
+
+
+def test_fuse_gelu_leaves_other_activations():
+    for act in ("gelu_new", "relu"):  # tanh GELU and ReLU are not the erf GELU the kernel computes
+        model = bitops.quantize_(_small_bert(act), bitops.BinaryConfig(act_bits=8, freeze=True))
+        assert bitops.fuse_gelu_(model) == 0
+        assert model.encoder.layer[0].output.dense.input_activation is None
+    assert bitops.fuse_gelu_(_small_bert()) == 0  # no packed layer to fuse into
 
 
 def test_weight_quantizers():

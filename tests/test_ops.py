@@ -1,5 +1,7 @@
 """The torch.ops.bitops kernels against the pure-torch reference: exact on integer paths, within a
 bound derived from a same-precision torch computation on float paths; opcheck for every op."""
+import math
+
 import pytest
 import torch
 
@@ -211,6 +213,7 @@ def opcheck_cases():
                               torch.rand(5, 1), torch.randn(5), 70)),
         ("quantize_rows_int8", (torch.randn(5, 33), 8)),
         ("quantize_rows_int8", (torch.randn(2, 9).bfloat16(), 4)),
+        ("quantize_rows_int8", (torch.randn(3, 41), 8, "gelu")),
     ]
 
 
@@ -314,6 +317,72 @@ def test_quantize_rows_int8_rejects_non_finite(isa, impl):
             fn(x, 8)
     with pytest.raises(ValueError, match=r"bits=3 is not supported for activations; expected 8 or 4"):
         fn(torch.randn(4, 8), 3)
+
+
+def _exact_gelu_rows(m, k, gen):
+    """Rows whose GELU every implementation computes exactly: 0 (-> 0), x in [8, 64] (erf rounds to 1:
+    -> x) and x in [-64, -20] (erf rounds to -1: -> -0), with half steps after quantization."""
+    pick = torch.randint(0, 3, (m, k), generator=gen)
+    pos = 8 + torch.randint(0, 113, (m, k), generator=gen).float() * 0.5  # 8.0, 8.5, ..., 64.0
+    neg = -20 - torch.rand(m, k, generator=gen) * 44
+    return torch.where(pick == 0, torch.zeros(m, k), torch.where(pick == 1, pos, neg))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("m,k", [(1, 1), (3, 7), (5, 31), (17, 33), (40, 100), (9, 1536)])
+def test_quantize_rows_int8_gelu_exact_where_gelu_is(isa, m, k, bits):
+    # Where the GELU value itself is exact, the fused GELU + quantization equals the reference bit
+    # for bit: this pins the row buffer, the 32-, 8- and k % 8-wide steps, and the parallel rows.
+    x = _exact_gelu_rows(m, k, torch.Generator().manual_seed(m * 1000 + k))
+    q, s = ops.quantize_rows_int8(x, bits, "gelu")
+    rq, rs = R.quantize_rows_int8(x, bits, "gelu")
+    assert torch.equal(q, rq) and torch.equal(s, rs)
+    assert torch.equal(q, R.quantize_rows_int8(torch.nn.functional.gelu(x), bits)[0])
+
+
+def test_quantize_rows_int8_gelu_accuracy(isa):
+    # A row of 40 copies of v has scale |gelu(v)| / 127: this reads the kernel's GELU of v to an ulp
+    # and compares it with GELU in float64. Bound: 2.5e-7 of max(1, |v|) (A&S 7.1.26 is good to
+    # 1.5e-7 in erf; measured 1.9e-7 on the AVX2 path, 1.0e-7 on the portable one).
+    v = torch.cat([torch.linspace(-10, 10, 40001), torch.tensor([1e-30, -1e-30, 50.0, 1e5, -1e5, 3e38])])
+    x = v.unsqueeze(1).expand(-1, 40).contiguous()
+    q, s = ops.quantize_rows_int8(x, 8, "gelu")
+    vd = v.double()
+    exact = vd * 0.5 * (1 + torch.erf(vd / math.sqrt(2)))
+    zero = q[:, 0] == 0  # the kernel's GELU of v is 0: an all-zero row, scale 1
+    got = torch.where(zero, 0.0, s.double() * 127)
+    err = (got - exact.abs()).abs() / vd.abs().clamp(min=1)
+    assert float(err.max()) <= 2.5e-7, f"GELU error {float(err.max()):.3g} at v={float(v[err.argmax()])}"
+    assert torch.equal(q[~zero, 0], torch.where(exact[~zero] > 0, 127, -127).to(torch.int8))
+    assert torch.equal(q[zero], torch.zeros_like(q[zero]))
+    assert int(zero.sum()) < 20000  # zeros only left of about -5.5, where GELU is below 1e-7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_quantize_rows_int8_gelu_against_torch(isa, dtype):
+    # Real-valued GELU differs from torch's (oneDNN's) by ~1e-7 of max(1, |x|) on either path, so a
+    # code may move by one step where a value sits that close to a rounding boundary: expected about
+    # once per 1e5 values at these scales. The scale follows the row max's GELU to a few ulp.
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(512, 1536, generator=gen) * 2 - 0.5).to(dtype)
+    x[0, :40] = torch.linspace(-6, 6, 40)
+    q, s = ops.quantize_rows_int8(x, 8, "gelu")
+    rq, rs = R.quantize_rows_int8(x, 8, "gelu")
+    diff = (q.int() - rq.int()).abs()
+    assert int(diff.max()) <= 1
+    assert int((diff > 0).sum()) <= q.numel() * 1e-4
+    assert torch.allclose(s, rs, rtol=1e-6, atol=0)
+    assert (q != 0).float().mean() > 0.5  # the rows are not trivially quantized to zeros
+
+
+def test_quantize_rows_int8_gelu_rejects(isa):
+    for fn in (ops.quantize_rows_int8, R.quantize_rows_int8):
+        x = torch.randn(4, 9)
+        x[1, 8] = -float("inf")  # GELU(-inf) is nan: still reported as the input's non-finite row
+        with pytest.raises(ValueError, match=r"x holds non-finite values \(nan or inf\) in row 1"):
+            fn(x, 8, "gelu")
+        with pytest.raises(ValueError, match=r"activation='relu' is not supported; expected 'none' or 'gelu'"):
+            fn(torch.randn(4, 8), 8, "relu")
 
 
 def test_quantize_rows_int8_round_half_even(isa):

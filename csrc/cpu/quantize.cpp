@@ -1,13 +1,17 @@
 // quantize_rows_int8 on CPU: dynamic symmetric per-row quantization of float activations, fused into
 // one pass for the max and one for the codes (the torch reference takes five passes). Arithmetic is
 // the reference's, in float32: scale = amax / hi, q = round-half-even(x / scale), clamped.
+// activation="gelu" applies the erf GELU to each row first, into an L1-resident row buffer, so the
+// FFN's GELU output (4x the hidden size, fp32) is never written to memory and read back.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cmath>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "../checks.h"
 #include "isa.h"
@@ -19,6 +23,81 @@
 namespace bitops::cpu {
 
 namespace {
+
+// GELU, erf form: x * 0.5 * (1 + erf(x / sqrt(2))). The portable path computes it as ATen's scalar
+// kernel does (std::erf). torch's own float GELU on x86 is oneDNN's JIT code, which nothing outside
+// it reproduces bit for bit, so the AVX2 path does not try: it takes erf from Abramowitz & Stegun
+// 7.1.26 (|error| <= 1.5e-7, the form ATen's vectorized erf also uses) with an inlined exp: 0.75 ns
+// per value against torch's 0.95 here. Its error, a few 1e-7 of max(1, |x|), is far below one int8 step of
+// any row whose max passes ~0.01, so codes differ from quantizing torch's GELU only where a value sits
+// within that error of a rounding boundary (tests/test_ops.py measures how rarely).
+constexpr float kSqrtHalf = static_cast<float>(M_SQRT1_2);
+
+float gelu_portable(float x) { return x * 0.5f * (1.f + std::erf(x * kSqrtHalf)); }
+
+#if BITOPS_X86
+// exp(a) for a <= 0: a = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness, Cody & Waite),
+// exp(r) by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n through the exponent
+// bits. Below -87.3 the result would leave float's normal range; it is clamped there (exp ~ 1e-38,
+// which no GELU value can tell from 0).
+// Both inlined: as calls, the four GELUs of a step in gelu_row_avx2 could not overlap.
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 exp_nonpositive_avx2(__m256 a) {
+  a = _mm256_max_ps(a, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), a);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.f / 5040.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+__attribute__((target("avx2,fma"), always_inline)) inline __m256 gelu_avx2(__m256 x) {
+  // erf(z) = sign(z) (1 - poly(t) t exp(-z^2)), t = 1 / (1 + 0.3275911 |z|), z = x / sqrt(2).
+  const __m256 sign_bit = _mm256_set1_ps(-0.f), one = _mm256_set1_ps(1.f);
+  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(kSqrtHalf));
+  const __m256 sign = _mm256_and_ps(sign_bit, z);
+  const __m256 abs_z = _mm256_xor_ps(sign, z);
+  const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), abs_z, one));
+  __m256 poly = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  const __m256 e = exp_nonpositive_avx2(_mm256_xor_ps(sign_bit, _mm256_mul_ps(z, z)));
+  const __m256 erf = _mm256_xor_ps(sign, _mm256_fnmadd_ps(_mm256_mul_ps(poly, t), e, one));
+  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(one, erf));
+}
+
+// GELU of one row into out; the last k % 8 values go through the same vector arithmetic on a
+// zero-padded copy, so every element takes one formula whatever its column.
+__attribute__((target("avx2,fma"))) void gelu_row_avx2(const float* row, int64_t k, float* out) {
+  int64_t c = 0;
+  // Four independent vectors per step: one GELU is a ~80-cycle dependency chain (a division, two
+  // polynomials), and out-of-order execution alone overlaps too few of them (2x slower at one per step).
+  for (; c + 32 <= k; c += 32) {
+    const __m256 g0 = gelu_avx2(_mm256_loadu_ps(row + c)), g1 = gelu_avx2(_mm256_loadu_ps(row + c + 8));
+    const __m256 g2 = gelu_avx2(_mm256_loadu_ps(row + c + 16)), g3 = gelu_avx2(_mm256_loadu_ps(row + c + 24));
+    _mm256_storeu_ps(out + c, g0);
+    _mm256_storeu_ps(out + c + 8, g1);
+    _mm256_storeu_ps(out + c + 16, g2);
+    _mm256_storeu_ps(out + c + 24, g3);
+  }
+  for (; c + 8 <= k; c += 8) _mm256_storeu_ps(out + c, gelu_avx2(_mm256_loadu_ps(row + c)));
+  if (c < k) {
+    alignas(32) float tail[8] = {};
+    for (int64_t i = c; i < k; ++i) tail[i - c] = row[i];
+    _mm256_store_ps(tail, gelu_avx2(_mm256_load_ps(tail)));
+    for (int64_t i = c; i < k; ++i) out[i] = tail[i - c];
+  }
+}
+#endif
 
 // One row, portable: returns false if the row holds a nan or inf.
 bool quantize_row_portable(const float* row, int64_t k, float hi, float lo, int8_t* out, float* scale) {
@@ -78,8 +157,12 @@ BITOPS_TARGET_AVX2 bool quantize_row_avx2(const float* row, int64_t k, float hi,
 }
 #endif
 
-std::tuple<at::Tensor, at::Tensor> quantize_rows_int8_cpu(const at::Tensor& x_in, int64_t bits) {
+std::tuple<at::Tensor, at::Tensor> quantize_rows_int8_cpu(const at::Tensor& x_in, int64_t bits,
+                                                          const std::string& activation) {
   TORCH_CHECK_VALUE(bits == 8 || bits == 4, "bits=", bits, " is not supported for activations; expected 8 or 4");
+  TORCH_CHECK_VALUE(activation == "none" || activation == "gelu", "activation='", activation,
+                    "' is not supported; expected 'none' or 'gelu'");
+  const bool gelu = activation == "gelu";
   check_float_activation("x", x_in);
   TORCH_CHECK_VALUE(x_in.dim() == 2, "x has ", x_in.dim(), " dimensions (shape ", shape_str(x_in),
                     "); expected 2: (M, K) float activations");
@@ -95,12 +178,25 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_int8_cpu(const at::Tensor& x_in
   std::atomic<int64_t> bad_row{-1};
   const bool avx2 = use_avx2();
   at::parallel_for(0, m, 16, [&](int64_t r0, int64_t r1) {
+    // The GELU of a row lands here (L1: 12 KiB at K=3072) and is quantized from here. A non-finite
+    // input stays non-finite through GELU (inf -> inf, -inf and nan -> nan), so the check below holds.
+    std::vector<float> activated(gelu ? k : 0);
     for (int64_t r = r0; r < r1; ++r) {
+      const float* row = xp + r * k;
+      if (gelu) {
 #if BITOPS_X86
-      const bool finite = avx2 ? quantize_row_avx2(xp + r * k, k, hi, lo, qp + r * k, sp + r)
-                               : quantize_row_portable(xp + r * k, k, hi, lo, qp + r * k, sp + r);
+        if (avx2) {
+          gelu_row_avx2(row, k, activated.data());
+        } else
+#endif
+          for (int64_t c = 0; c < k; ++c) activated[c] = gelu_portable(row[c]);
+        row = activated.data();
+      }
+#if BITOPS_X86
+      const bool finite = avx2 ? quantize_row_avx2(row, k, hi, lo, qp + r * k, sp + r)
+                               : quantize_row_portable(row, k, hi, lo, qp + r * k, sp + r);
 #else
-      const bool finite = quantize_row_portable(xp + r * k, k, hi, lo, qp + r * k, sp + r);
+      const bool finite = quantize_row_portable(row, k, hi, lo, qp + r * k, sp + r);
 #endif
       if (!finite) {
         int64_t none = -1;
