@@ -133,7 +133,7 @@ def quantize_per_token_symmetric(x: torch.Tensor, bits: int = 8, activation: str
     ``activation="gelu"`` quantizes ``gelu(x)`` in the same pass, without writing it out.
     """
     _qrange(bits)
-    return _ops().quantize_rows_int8(x.detach(), bits, activation)
+    return _ops().quantize_rows_int8.default(x.detach() if x.requires_grad else x, bits, activation)
 
 
 def _ops():
