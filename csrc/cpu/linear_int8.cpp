@@ -414,6 +414,25 @@ BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, c
 }
 #endif
 
+#if BITOPS_X86
+// Sum of n int8 values, 32 per step: vpsadbw adds the unsigned bytes x ^ 0x80 = x + 128 in 8-byte
+// groups (into 64-bit lanes), and 128 per value comes off at the end. 8x fewer instructions than the
+// baseline build's SSE2 loop (the whole pass was ~1% of a MiniLM forward at batch 1).
+BITOPS_TARGET_AVX2 int32_t sum_int8_avx2(const int8_t* x, int64_t n) {
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80)), zero = _mm256_setzero_si256();
+  __m256i acc = zero;
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + c)), bias);
+    acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
+  }
+  const __m128i half = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  int64_t s = _mm_cvtsi128_si64(half) + _mm_extract_epi64(half, 1) - 128 * c;
+  for (; c < n; ++c) s += x[c];
+  return static_cast<int32_t>(s);
+}
+#endif
+
 // Weight rows decoded to bytes, kRowsPerBlock at a time, each block multiplied by every activation row
 // (AVX2 tiles or the portable loops); the blocks are shared out over threads. 2-bit codes with one scale
 // group decode in field-plane order (decode_block_avx2), so the activations go in that order too.
@@ -471,15 +490,23 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
   {
     const int8_t* xp = x_pad.data_ptr<int8_t>();
     int32_t* xs = xsum.data_ptr<int32_t>();
+    const bool avx2 = use_avx2();
     at::parallel_for(0, m, 16, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t b = g * group_size, e = g + 1 == groups ? kp : std::min(kp, (g + 1) * group_size);
+#if BITOPS_X86
+          if (avx2) {
+            xs[i * groups + g] = sum_int8_avx2(xp + i * kp + b, e - b);
+            continue;
+          }
+#endif
           int32_t s = 0;
           for (int64_t c = b; c < e; ++c) s += xp[i * kp + c];
           xs[i * groups + g] = s;
         }
     });
+    (void)avx2;
   }
 
   Problem p{x_pad.data_ptr<int8_t>(), xsum.data_ptr<int32_t>(), x_scale.data_ptr<float>(), w.data_ptr<int32_t>(),
