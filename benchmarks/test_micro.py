@@ -46,9 +46,15 @@ def test_packed_linear_grad_input(benchmark, m, k, n):
     benchmark(ops.packed_linear_grad_input, torch.randn(m, n), w, ws, 1, k, k)
 
 
+@pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("m,k", [(128, 768), (128, 3072)])
-def test_quantize_rows_int8(benchmark, m, k):
-    benchmark(ops.quantize_rows_int8, torch.randn(m, k), 8)
+def test_quantize_rows_int8(benchmark, m, k, activation):
+    benchmark(ops.quantize_rows_int8, torch.randn(m, k), 8, activation)
+
+
+@pytest.mark.parametrize("m,k", [(128, 3072)])
+def test_torch_gelu_then_quantize(benchmark, m, k):  # what activation="gelu" replaces
+    benchmark(lambda x: ops.quantize_rows_int8(torch.nn.functional.gelu(x), 8), torch.randn(m, k))
 
 
 @pytest.mark.parametrize("bits", [1, 2])
