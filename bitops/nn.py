@@ -238,12 +238,16 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         into one in place by hand, ``del layer._gemv_cache``."""
         if not self.frozen or self.weight_format is not PackFormat.SIGN1 or self.act_bits is None:
             return None
-        packed = self.packed_weight
-        if self.weight_scale.shape[1] != 1 or packed.device.type == "meta":
+        # Every call of a few-row layer comes here: the buffers straight from _buffers (see forward),
+        # and the key built from the cheapest tensor queries (~1.5 us in all).
+        packed, scale = self._buffers["packed_weight"], self._buffers["weight_scale"]
+        if scale.shape[1] != 1:
             return None
         key = (id(packed), packed.data_ptr(), packed.device, None if packed.is_inference() else packed._version)
         cached = self.__dict__.get("_gemv_cache")
         if cached is None or cached[0] != key:
+            if packed.device.type == "meta":
+                return None
             from .reference import to_gemv_layout  # pure torch; runs once per weight change
 
             cached = (key, to_gemv_layout(packed, self.kernel_in_features))
@@ -253,6 +257,12 @@ class _PackedLinear(FrozenPackedState, nn.Module):
     def _load_from_state_dict(self, *args, **kwargs):
         self.__dict__.pop("_gemv_cache", None)  # loading writes in place, maybe into inference tensors
         super()._load_from_state_dict(*args, **kwargs)
+
+    def _bias(self) -> Optional[torch.Tensor]:
+        # A parameter, or a plain None attribute when bias=False: _parameters first, because
+        # nn.Module.__getattr__ costs ~2 us a lookup.
+        params = self._parameters
+        return params["bias"] if "bias" in params else self.bias
 
     def packed_weight_and_scale(self):
         """(packed int32 (N, W), scale float32 (N, G)) of the current weights."""
@@ -279,13 +289,13 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         if self.frozen:
             # The buffers straight from _buffers: nn.Module.__getattr__ costs ~1 us a lookup, and a
             # small layer's whole Python share is ~20 us (36 layer calls in a MiniLM forward).
-            packed, w_scale, bias = self._buffers["packed_weight"], self._buffers["weight_scale"], self.bias
+            packed, w_scale, bias = self._buffers["packed_weight"], self._buffers["weight_scale"], self._bias()
             args = (x_hat, q, x_scale, packed, w_scale, bias, self.bits, self.kernel_in_features, self.group_size)
             needs_grad = torch.is_grad_enabled() and (x_hat.requires_grad or (bias is not None and bias.requires_grad))
             # Inference calls the op directly: autograd.Function.apply costs ~10% of a small layer.
             if needs_grad:
                 y = _FrozenLinearFn.apply(*args)
-            elif q is not None and q.shape[0] <= GEMV_MAX_ROWS and q.device.type == "cpu" and not _compiling():
+            elif q is not None and q.shape[0] <= GEMV_MAX_ROWS and q.is_cpu and not _compiling():
                 gemv = self.gemv_layout()
                 y = (_packed_forward(*args) if gemv is None else
                      _GEMV_INT8(q, x_scale, gemv, w_scale, bias, self.kernel_in_features))

@@ -133,21 +133,22 @@ def quantize_per_token_symmetric(x: torch.Tensor, bits: int = 8, activation: str
     ``activation="gelu"`` quantizes ``gelu(x)`` in the same pass, without writing it out.
     """
     _qrange(bits)
-    return _ops().quantize_rows_int8.default(x.detach() if x.requires_grad else x, bits, activation)
+    return _quantize_rows_op()(x.detach() if x.requires_grad else x, bits, activation)
 
 
-def _ops():
-    """torch.ops.bitops, once the extension is loaded: imported on first use (quantizers stays importable
-    without the extension) and kept, because an import statement in the per-call path costs microseconds."""
-    global _OPS
-    if _OPS is None:
+def _quantize_rows_op():
+    """torch.ops.bitops.quantize_rows_int8.default, resolved on first use (quantizers stays importable
+    without the extension) and kept: every layer call quantizes its input, and an import statement or
+    an overload lookup in that path costs microseconds."""
+    global _QUANTIZE_ROWS
+    if _QUANTIZE_ROWS is None:
         from ._ops import ops
 
-        _OPS = ops
-    return _OPS
+        _QUANTIZE_ROWS = ops.quantize_rows_int8.default
+    return _QUANTIZE_ROWS
 
 
-_OPS = None
+_QUANTIZE_ROWS = None
 
 
 class PerTokenSymmetricSTE(torch.autograd.Function):
