@@ -110,7 +110,8 @@ def fuse_gelu_(model: nn.Module) -> int:
     it then quantizes ``gelu(x)`` directly (``quantize_rows_int8(x, bits, "gelu")``), so the GELU's
     float output (4x the hidden size) is never written and read back, and the GELU itself runs on
     bitops' AVX2 code. The result equals the unfused model's except where a value lies within the
-    GELUs' ~1e-7 difference of an int8 rounding boundary (one code off, about once per 1e5 values).
+    GELUs' ~1e-7 difference of an int8 rounding boundary: one code off, in 24 of 37.7 M codes of
+    all-MiniLM-L6-v2's FFNs at batch 32 x 128 (6e-7).
     Training works too (the GELU then runs as torch's, before the usual quantizer).
     """
     if not isinstance(model, nn.Module):

@@ -361,8 +361,8 @@ def test_quantize_rows_int8_gelu_accuracy(isa):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_quantize_rows_int8_gelu_against_torch(isa, dtype):
     # Real-valued GELU differs from torch's (oneDNN's) by ~1e-7 of max(1, |x|) on either path, so a
-    # code may move by one step where a value sits that close to a rounding boundary: expected about
-    # once per 1e5 values at these scales. The scale follows the row max's GELU to a few ulp.
+    # code may move by one step where a value sits that close to a rounding boundary (6e-7 of the codes
+    # of MiniLM's FFNs). The scale follows the row max's GELU to a few ulp.
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(512, 1536, generator=gen) * 2 - 0.5).to(dtype)
     x[0, :40] = torch.linspace(-6, 6, 40)
@@ -370,8 +370,8 @@ def test_quantize_rows_int8_gelu_against_torch(isa, dtype):
     rq, rs = R.quantize_rows_int8(x, 8, "gelu")
     diff = (q.int() - rq.int()).abs()
     assert int(diff.max()) <= 1
-    assert int((diff > 0).sum()) <= q.numel() * 1e-4
-    assert torch.allclose(s, rs, rtol=1e-6, atol=0)
+    assert int((diff > 0).sum()) <= q.numel() * 1e-5  # 0 of 786k here
+    assert torch.allclose(s, rs, rtol=5e-7, atol=0)  # 9.5e-8 here
     assert (q != 0).float().mean() > 0.5  # the rows are not trivially quantized to zeros
 
 
