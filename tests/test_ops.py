@@ -120,6 +120,29 @@ def test_linear_int8_lut_activation_blocks(m, n, k, threads):
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
+# The byte kernel (2-bit codes, one scale group) writes whole 16-row weight blocks of four activation rows
+# at a time; outputs past 512 KiB go out with non-temporal stores (N a multiple of 8) or not (N odd).
+# A partial last weight block (N % 16), 1-3 leftover activation rows (M % 4), K across an int16 flush
+# (> 1024), one thread and two (the weight blocks shared out).
+@pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the byte kernel's tiles are AVX2 code; this CPU has none")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m,n,k", [(131, 1032, 97), (131, 1030, 97), (130, 1040, 1160), (6, 40, 768)])
+def test_linear_int8_bytes_blocks(m, n, k, threads):
+    g = torch.Generator().manual_seed(m + n + k)
+    packed, scale, gs = make_weight(n, k, 2, gen=g)
+    x, xs = make_int8_input(m, k, g, extremes=True)
+    bias = torch.randn(n, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with cpu_isa("avx2"):
+            assert int8_path(m, 2, 1, k) == "bytes"
+            got = ops.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs))
+
+
 # 2-bit codes in field-plane order (the GEMV, M = 1..4, and the byte kernel's decode, M = 5, 9): K around
 # the 128-code blocks (a partial last block; K = 97..112 fill kp = 128 with 7 words only, so no block is
 # whole; an odd word count: K = 8, 24, 136 leave half a chunk), across an int16 flush (8 blocks = 1024

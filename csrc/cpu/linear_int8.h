@@ -48,6 +48,19 @@ inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
   return y;
 }
 
+// Whether a kernel writes its results around the caches (non-temporal stores of whole vectors): when
+// the output (M x N floats) is larger than this core's L2 (512 KiB on Zen3) it cannot stay there anyway,
+// and writing it through L2 evicts the tables, indices or decoded weights the next block reads. The
+// lookup kernel: 128 x 768 x 3072 (1.5 MiB of output) and 128 x 384 x 1536 (768 KiB) 4% faster, and
+// 128 x 3072 x 768 (384 KiB) 6% slower; the 2-bit byte kernel: 14-24% and 9% faster at the first two
+// (per-call interleaved timing, benchmarks/ab_kernel.sh). Needs every row's vectors 32-byte aligned:
+// N a multiple of 8 and y aligned.
+inline bool streams_output(const Problem& p) {
+  constexpr int64_t kStreamOutputBytes = 512 * 1024;
+  return p.m * p.n * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes && p.n % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(p.y) % 32 == 0;
+}
+
 #if BITOPS_X86
 // An empty asm that "changes" v, so v must sit in a register at this point of a loop. In the byte
 // kernel's dot_4x2 GCC otherwise hoisted all eight vpmaddubsw of a step above their adds; that needs

@@ -371,17 +371,6 @@ BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_
   if (stream) _mm_sfence();  // the streamed results are visible before the thread reports its work done
 }
 
-// Whether the epilogue writes around the caches: when the output (M x N floats) is larger than this core's
-// L2 (512 KiB on Zen3) it cannot stay there anyway, and writing it through L2 evicts the tables and
-// indices the next weight block reads. Streaming made 128 x 768 x 3072 (1.5 MiB of output) and
-// 128 x 384 x 1536 (768 KiB) 4% faster, and 128 x 3072 x 768 (384 KiB) 6% slower (per-call interleaved
-// timing). Needs every row's vectors 32-byte aligned: N a multiple of 8 and y aligned.
-bool streams_output(const Problem& p) {
-  constexpr int64_t kStreamOutputBytes = 512 * 1024;
-  return p.m * p.n * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes && p.n % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(p.y) % 32 == 0;
-}
-
 // Block order: one weight block through every chunk; totals one block wide (<= 32 KiB). Best when the
 // activation block's tables fit in L2 and are re-read by every weight block from there.
 BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, const Indices& idx, int64_t nb, bool stream) {
