@@ -7,8 +7,9 @@
 #   bash benchmarks/ab_kernel.sh lut 128 768 3072 HEAD .      # last commit against the working tree
 #   ROUNDS=800 THREADS=2 bash benchmarks/ab_kernel.sh bytes 128 3072 768 HEAD~3 HEAD
 #
-# KERNEL: lut (csrc/cpu/linear_int8_lut.cpp, 1-bit codes) or bytes (csrc/cpu/linear_int8.cpp's byte
-# kernel, 2-bit codes by default, BITS=1 for 1-bit). REV: a git revision, or "." for the working tree.
+# KERNEL: lut (csrc/cpu/linear_int8_lut.cpp, 1-bit codes), bytes (csrc/cpu/linear_int8.cpp's byte
+# kernel, 2-bit codes by default, BITS=1 for 1-bit) or gemv (its GEMV path, M <= 4; 2-bit by default:
+# the field-plane GEMV). REV: a git revision, or "." for the working tree.
 # Each REV's csrc/ is built into a shared library of its own (hidden symbols, op registration compiled
 # out), with the flags of setup.py; benchmarks/ab_kernel.cpp loads them all and times them round by
 # round on the same random problem (one scale per row, no bias, int8 activations zero-padded to 32).
@@ -28,7 +29,8 @@ shift 4
 case "$KERNEL" in
   lut) FILE=linear_int8_lut.cpp ENTRY='bitops::cpu::lut_gemm_avx2(p)' BITS=${BITS:-1} ;;
   bytes) FILE=linear_int8.cpp ENTRY='bitops::cpu::linear_bytes(p, true)' BITS=${BITS:-2} ;;
-  *) echo "KERNEL=$KERNEL; expected lut or bytes" >&2; exit 2 ;;
+  gemv) FILE=linear_int8.cpp ENTRY='bitops::cpu::gemv_int8_avx2(p)' BITS=${BITS:-2} ;;
+  *) echo "KERNEL=$KERNEL; expected lut, bytes or gemv" >&2; exit 2 ;;
 esac
 TORCH="$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
 FLAGS=(-O3 -std=c++20 -ffp-contract=off -fopenmp -DNDEBUG "-I$TORCH/include" "-I$TORCH/include/torch/csrc/api/include")

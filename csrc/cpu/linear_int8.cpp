@@ -438,6 +438,22 @@ BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, c
   for (; i + 4 <= p.m; i += 4) rows_avx2<4>(p, i, n0, rows, u);
   for (; i < p.m; ++i) rows_avx2<1>(p, i, n0, rows, u);
 }
+
+// The GEMV path (M <= kGemvMaxM): weight rows shared out over threads in blocks of kRowsPerBlock. 2-bit
+// codes with one scale group take the field-plane GEMV, with the activations permuted once, here.
+BITOPS_TARGET_AVX2 void gemv_int8_avx2(const Problem& p) {
+  const bool planes = p.bits == 2 && p.groups == 1;
+  const at::Tensor x_planes = planes ? at::empty({p.m, p.kp}, at::kChar) : at::Tensor();
+  if (planes) split_planes(p, x_planes.data_ptr<int8_t>());
+  at::parallel_for(0, (p.n + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t n0 = b0 * kRowsPerBlock, n1 = std::min(p.n, b1 * kRowsPerBlock);
+    if (planes) {
+      gemv_planes_avx2(p, x_planes.data_ptr<int8_t>(), n0, n1);
+    } else {
+      gemv_avx2(p, n0, n1);
+    }
+  });
+}
 #endif
 
 #if BITOPS_X86
@@ -547,18 +563,7 @@ at::Tensor packed_linear_int8_cpu(const at::Tensor& x_in, const at::Tensor& x_sc
     return y;
   }
   if (path == "gemv") {
-    // 2-bit codes, one scale group: the field-plane GEMV (activations permuted once, here).
-    const bool planes = bits == 2 && groups == 1;
-    const at::Tensor x_planes = planes ? at::empty({m, kp}, x_pad.options()) : at::Tensor();
-    if (planes) split_planes(p, x_planes.data_ptr<int8_t>());
-    at::parallel_for(0, (n + kRowsPerBlock - 1) / kRowsPerBlock, 1, [&](int64_t b0, int64_t b1) {
-      const int64_t n0 = b0 * kRowsPerBlock, n1 = std::min(n, b1 * kRowsPerBlock);
-      if (planes) {
-        gemv_planes_avx2(p, x_planes.data_ptr<int8_t>(), n0, n1);
-      } else {
-        gemv_avx2(p, n0, n1);
-      }
-    });
+    gemv_int8_avx2(p);
     return y;
   }
 #endif
