@@ -313,15 +313,37 @@ constexpr int64_t kPlaneBlocksPerFlush = 8;  // 8 blocks x 4 planes of vpmaddubs
 // The 128-code blocks that lie in kp and are backed by 8 whole words each: the ones the plane paths take.
 int64_t plane_blocks(const Problem& p) { return std::min(p.kp / kPlaneBlock, p.nw / 8); }
 
+// One 128-byte block in plane order, AVX2: a 4-way byte deinterleave, out[32 f + b] = x[4 b + f]. Within
+// each 128-bit lane a byte shuffle gathers the lane's bytes by f into four dwords; a dword permute pairs
+// the two lanes' dwords of each f into one qword; then a 4 x 4 transpose of qwords across the four
+// vectors (unpacks, lane permutes) leaves plane f in vector f. 24 instructions per block where the scalar
+// loop took ~500: a 2-bit call at M=128 got 1.5-2.5% faster (ab_kernel.sh bytes, 128 x 384 x 1536,
+// 768 x 768, 1536 x 384), and M=1 GEMV at 768 x 768 1.2%.
+BITOPS_TARGET_AVX2 inline void split_block_avx2(const int8_t* x, int8_t* out) {
+  const __m256i by_field = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+                                            0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i pair_lanes = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i v[4];
+  for (int k = 0; k < 4; ++k) {
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * k));
+    v[k] = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(b, by_field), pair_lanes);  // qwords: f = 0, 1 | 2, 3
+  }
+  const __m256i lo01 = _mm256_unpacklo_epi64(v[0], v[1]), hi01 = _mm256_unpackhi_epi64(v[0], v[1]);  // f 0|2, 1|3
+  const __m256i lo23 = _mm256_unpacklo_epi64(v[2], v[3]), hi23 = _mm256_unpackhi_epi64(v[2], v[3]);
+  __m256i* o = reinterpret_cast<__m256i*>(out);
+  _mm256_storeu_si256(o, _mm256_permute2x128_si256(lo01, lo23, 0x20));
+  _mm256_storeu_si256(o + 1, _mm256_permute2x128_si256(hi01, hi23, 0x20));
+  _mm256_storeu_si256(o + 2, _mm256_permute2x128_si256(lo01, lo23, 0x31));
+  _mm256_storeu_si256(o + 3, _mm256_permute2x128_si256(hi01, hi23, 0x31));
+}
+
 // The plane blocks of the (m, kp) activations in plane order; the tail past them stays as it is.
-void split_planes(const Problem& p, int8_t* planes) {
+BITOPS_TARGET_AVX2 void split_planes(const Problem& p, int8_t* planes) {
+  const int64_t whole = plane_blocks(p) * kPlaneBlock;
   for (int64_t i = 0; i < p.m; ++i) {
     const int8_t* x = p.x + i * p.kp;
     int8_t* out = planes + i * p.kp;
-    const int64_t whole = plane_blocks(p) * kPlaneBlock;
-    for (int64_t c0 = 0; c0 < whole; c0 += kPlaneBlock)
-      for (int64_t f = 0; f < 4; ++f)
-        for (int64_t b = 0; b < 32; ++b) out[c0 + 32 * f + b] = x[c0 + 4 * b + f];
+    for (int64_t c0 = 0; c0 < whole; c0 += kPlaneBlock) split_block_avx2(x + c0, out + c0);
     std::copy(x + whole, x + p.kp, out + whole);
   }
 }
