@@ -8,6 +8,9 @@ four forms, measured in one run, one thread pinned, medians:
                8-bit per-token activations): the same modules a kd/ student exports
   W1A8 packed, GELU fused
                the same after bitops.fuse_gelu_ (what kd.load_exported and from_pretrained give)
+  W2A8 packed, GELU fused
+               the same with frozen bitops.TernaryLinear (2-bit ternary weights, TernaryBERT / BinaryBERT's
+               ternary stage), fused
 
 at batch 1 x 128 and 32 x 128 tokens of real text. Also reports how far each packed model's outputs
 are from the fake-quant model's (the same quantizers with dense float math; bitops.demo).
@@ -36,13 +39,17 @@ def build_models():
     fp32 = BertModel.from_pretrained(path).eval()
     int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     packed = bitops.quantize_(copy.deepcopy(fp32), bitops.BinaryConfig(act_bits=8), filter_fn=encoder_linear)
-    fake = fake_quant_copy(packed)
-    for m in packed.modules():
-        if isinstance(m, bitops.BinaryLinear):
+    ternary = bitops.quantize_(copy.deepcopy(fp32), bitops.TernaryConfig(act_bits=8), filter_fn=encoder_linear)
+    fakes = {"W1A8": fake_quant_copy(packed), "W2A8": fake_quant_copy(ternary)}
+    for m in [*packed.modules(), *ternary.modules()]:
+        if isinstance(m, (bitops.BinaryLinear, bitops.TernaryLinear)):
             m.freeze()
     fused = copy.deepcopy(packed)
     bitops.fuse_gelu_(fused)
-    return tok, {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, GELU fused": fused}, fake
+    bitops.fuse_gelu_(ternary)
+    models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, GELU fused": fused,
+              "W2A8 packed, GELU fused": ternary}
+    return tok, models, fakes
 
 
 def main(argv=None) -> None:
@@ -56,7 +63,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     pin_threads(1)
     torch.manual_seed(0)
-    tok, models, fake = build_models()
+    tok, models, fakes = build_models()
     if args.compile:
         models["W1A8 packed, GELU fused, compiled"] = torch.compile(models["W1A8 packed, GELU fused"], fullgraph=True)
     records = []
@@ -67,9 +74,10 @@ def main(argv=None) -> None:
             # Round-robin over the models, so that the machine's drift does not enter their ratios.
             calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
             times = interleaved_median_ms(calls, repeats=args.repeats)
-            want = fake(**batch).last_hidden_state
-            diffs = {name: (models[name](**batch).last_hidden_state - want).abs()
-                     for name in models if name.startswith("W1A8")}
+            # Each packed model against the fake-quant model of its own weight format.
+            want = {kind: fake(**batch).last_hidden_state for kind, fake in fakes.items()}
+            diffs = {name: (models[name](**batch).last_hidden_state - want[name[:4]]).abs()
+                     for name in models if name[:4] in want}
         for name, ms in times.items():
             d = diffs.get(name)
             records.append({"batch": b, "seq_len": args.seq_len, "model": name, "ms": ms,
@@ -90,10 +98,10 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(args.batches), figsize=(4.5 * len(args.batches), 3.5))
+        fig, axes = plt.subplots(1, len(args.batches), figsize=(5.5 * len(args.batches), 3.8))
         for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
             rs = [r for r in records if r["batch"] == b]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#a4c"][: len(rs)])
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#a4c", "#c48"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
             ax.set_ylabel("ms")
             ax.tick_params(axis="x", labelrotation=30)
