@@ -143,6 +143,30 @@ def test_linear_int8_bytes_blocks(m, n, k, threads):
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs))
 
 
+# The byte kernel takes the activations in passes of max(128, 192 KiB / kp) rows (a multiple of 4), each
+# meeting every weight block: K = 3072 gives 128-row passes, K = 97 (kp = 128) 1536-row ones; M leaves a
+# short last pass with 1-3 leftover rows. On both paths, with one scale group and with four (1-bit codes
+# with groups take this kernel too), on one thread and two (the (pass, block) items shared out).
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bits,group_size", [(2, None), (1, 64), (2, 768)])
+@pytest.mark.parametrize("m,n,k", [(390, 40, 3072), (1541, 24, 97)])
+def test_linear_int8_bytes_passes(isa, m, n, k, bits, group_size, threads):
+    if group_size is not None and group_size >= k:
+        group_size = 32
+    g = torch.Generator().manual_seed(m + k + bits)
+    packed, scale, gs = make_weight(n, k, bits, group_size, gen=g)
+    x, xs = make_int8_input(m, k, g, extremes=True)
+    bias = torch.randn(n, generator=g)
+    assert int8_path(m, bits, scale.shape[1], gs) == ("bytes" if isa == "avx2" else "portable")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = ops.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs))
+
+
 # 2-bit codes in field-plane order (the GEMV, M = 1..4, and the byte kernel's decode, M = 5, 9): K around
 # the 128-code blocks (a partial last block; K = 97..112 fill kp = 128 with 7 words only, so no block is
 # whole; an odd word count: K = 8, 24, 136 leave half a chunk), across an int16 flush (8 blocks = 1024

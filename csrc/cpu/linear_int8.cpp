@@ -47,8 +47,9 @@ void decode_block(const Problem& p, int64_t n0, int64_t rows, uint8_t* u) {
   }
 }
 
-void block_portable(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
-  for (int64_t i = 0; i < p.m; ++i) {
+// Activation rows [i0, i1) times the decoded weight rows [n0, n0 + rows).
+void block_portable(const Problem& p, int64_t i0, int64_t i1, int64_t n0, int64_t rows, const uint8_t* u) {
+  for (int64_t i = i0; i < i1; ++i) {
     const int8_t* xr = p.x + i * p.kp;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t j = n0 + r;
@@ -480,14 +481,14 @@ BITOPS_TARGET_AVX2 void rows4_block(const Problem& p, int64_t i0, int64_t n0, co
   }
 }
 
-BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t n0, int64_t rows, const uint8_t* u) {
-  int64_t i = 0;
+BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t i0, int64_t i1, int64_t n0, int64_t rows, const uint8_t* u) {
+  int64_t i = i0;
   if (p.groups == 1 && rows == kRowsPerBlock) {
     const bool stream = streams_output(p);
-    for (; i + 4 <= p.m; i += 4) rows4_block(p, i, n0, u, stream);
+    for (; i + 4 <= i1; i += 4) rows4_block(p, i, n0, u, stream);
   }
-  for (; i + 4 <= p.m; i += 4) rows_avx2<4>(p, i, n0, rows, u);
-  for (; i < p.m; ++i) rows_avx2<1>(p, i, n0, rows, u);
+  for (; i + 4 <= i1; i += 4) rows_avx2<4>(p, i, n0, rows, u);
+  for (; i < i1; ++i) rows_avx2<1>(p, i, n0, rows, u);
 }
 
 // The GEMV path (M <= kGemvMaxM): weight rows shared out over threads in blocks of kRowsPerBlock. 2-bit
@@ -526,9 +527,23 @@ BITOPS_TARGET_AVX2 int32_t sum_int8_avx2(const int8_t* x, int64_t n) {
 }
 #endif
 
-// Weight rows decoded to bytes, kRowsPerBlock at a time, each block multiplied by every activation row
-// (AVX2 tiles or the portable loops); the blocks are shared out over threads. 2-bit codes with one scale
-// group decode in field-plane order (decode_block_avx2), so the activations go in that order too.
+// Activation rows per pass over the weights: as many as fill about 192 KiB (of Zen3's 512 KiB L2, which
+// also holds the decoded weight block and the output lines), a multiple of 4 (rows4_block), at least 128:
+// one sequence of 128 tokens stays one pass at every BERT shape (two passes of 64 rows at K = 3072 were no
+// faster on one thread and 2% slower on two, each thread decoding every weight block). Without passes a
+// batch of 32 x 128 tokens walked all 4096 activation rows (1.5-12 MiB) once per 16 weight rows, from L3:
+// with them, 2-bit 4096 x 3072 x 768 runs 26% faster, 384 x 1536 9%, 768 x 3072 6%, 1536 x 384 7%,
+// 768 x 768 9% (ab_kernel.sh bytes, one thread; two threads 384 x 1536 10%).
+int64_t rows_per_pass(const Problem& p) {
+  constexpr int64_t kPassBytes = 192 * 1024;
+  return std::max<int64_t>(128, kPassBytes / p.kp / 4 * 4);
+}
+
+// Weight rows decoded to bytes, kRowsPerBlock at a time, each block multiplied by one pass of activation
+// rows (AVX2 tiles or the portable loops). The work items, (pass, weight block) in pass-major order so
+// that a pass's activations stay in L2 while the weights go by, are shared out over threads. 2-bit codes
+// with one scale group decode in field-plane order (decode_block_avx2), so the activations go in that
+// order too.
 void linear_bytes(const Problem& p_in, bool avx2) {
   Problem p = p_in;
   at::Tensor x_planes;
@@ -539,25 +554,27 @@ void linear_bytes(const Problem& p_in, bool avx2) {
     p.x = x_planes.data_ptr<int8_t>();  // sum(x) per row, computed before, is the same in any order
   }
 #endif
-  const int64_t blocks = (p.n + kRowsPerBlock - 1) / kRowsPerBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t blocks = (p.n + kRowsPerBlock - 1) / kRowsPerBlock, pass_rows = rows_per_pass(p);
+  const int64_t passes = (p.m + pass_rows - 1) / pass_rows;
+  at::parallel_for(0, passes * blocks, 1, [&](int64_t b0, int64_t b1) {
     // From torch's allocator: 64-byte aligned, so no 32-byte load of a decoded row straddles two cache lines.
     // A std::vector's 16-byte alignment left that to chance (malloc's address mod 32), and with the straddle
     // the 2-bit kernel ran 12-17% slower (per-call interleaved timing at BERT-base shapes, M = 128).
     const at::Tensor u_block = at::empty({kRowsPerBlock * p.kp}, at::kByte);
     uint8_t* u = u_block.data_ptr<uint8_t>();
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kRowsPerBlock, rows = std::min(kRowsPerBlock, p.n - n0);
+    for (int64_t item = b0; item < b1; ++item) {
+      const int64_t i0 = item / blocks * pass_rows, i1 = std::min(p.m, i0 + pass_rows);
+      const int64_t n0 = item % blocks * kRowsPerBlock, rows = std::min(kRowsPerBlock, p.n - n0);
 #if BITOPS_X86
       if (avx2) {
         decode_block_avx2(p, n0, rows, u, x_planes.defined());
-        block_avx2(p, n0, rows, u);
-        if (b + 1 == b1) _mm_sfence();  // streamed results are visible before the thread reports its work done
+        block_avx2(p, i0, i1, n0, rows, u);
+        if (item + 1 == b1) _mm_sfence();  // streamed results are visible before the thread reports its work done
         continue;
       }
 #endif
       decode_block(p, n0, rows, u);
-      block_portable(p, n0, rows, u);
+      block_portable(p, i0, i1, n0, rows, u);
     }
   });
   (void)avx2;  // unused where BITOPS_X86 is 0
