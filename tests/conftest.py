@@ -20,6 +20,17 @@ def cpu_isa(isa: str):
         bitops.set_cpu_isa("auto")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch.set_num_threads(n) for the block (the kernels' at::parallel_for follows it), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(params=cpu_isas())
 def isa(request):
     """Runs a test once per CPU kernel path."""

@@ -11,6 +11,8 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from kd.data import TaskData, load_mr
 from kd.models import teacher_base_path
 
+from conftest import torch_threads
+
 
 @functools.lru_cache(maxsize=None)
 def vocab_size() -> int:
@@ -48,7 +50,5 @@ def write_lines(path: str, lines, mode: str = "w") -> str:
 def one_thread():
     """kd tests run torch on one thread: the machine is shared, and oversubscribed OpenMP threads
     make small models 10x slower; the resume test also needs a fixed thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

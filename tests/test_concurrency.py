@@ -8,6 +8,7 @@ import torch
 
 import bitops
 from bitops.quantizers import quantize_per_token_symmetric, quantize_weight
+from conftest import torch_threads
 
 ops = torch.ops.bitops
 
@@ -82,24 +83,16 @@ def test_repeated_calls_leave_rss_flat():
 def test_kernel_threads_follow_torch_set_num_threads():
     """The kernels parallelize with at::parallel_for compiled into the extension: with OpenMP missing
     from its build flags they ran on one thread whatever torch said (a bug this guards against)."""
-    before = torch.get_num_threads()
-    try:
-        for n in sorted({1, 2, min(4, os.cpu_count() or 1)}):
-            torch.set_num_threads(n)
+    for n in sorted({1, 2, min(4, os.cpu_count() or 1)}):
+        with torch_threads(n):
             assert bitops._ops._C.parallel_threads_used(64) == n
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_results_do_not_depend_on_the_thread_count():
     p = make_problem(7, m=130, k=777, n=300)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = run_all(p)
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = run_all(p)
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(one, two):
         assert torch.equal(a, b)

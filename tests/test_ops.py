@@ -8,7 +8,7 @@ import torch
 import bitops
 from bitops import reference as R
 from bitops.quantizers import quantize_weight
-from conftest import cpu_isa
+from conftest import cpu_isa, torch_threads
 
 ops = torch.ops.bitops
 MS = [0, 1, 3, 117, 128]
@@ -110,13 +110,8 @@ def test_linear_int8_lut_activation_blocks(m, n, k, threads):
     packed, scale, gs = make_weight(n, k, 1, gen=g)
     x, xs = make_int8_input(m, k, g, extremes=True)
     bias = torch.randn(n, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with cpu_isa("avx2"):
-            got = ops.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs)
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), cpu_isa("avx2"):
+        got = ops.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs)
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
@@ -132,14 +127,9 @@ def test_linear_int8_bytes_blocks(m, n, k, threads):
     packed, scale, gs = make_weight(n, k, 2, gen=g)
     x, xs = make_int8_input(m, k, g, extremes=True)
     bias = torch.randn(n, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with cpu_isa("avx2"):
-            assert int8_path(m, 2, 1, k) == "bytes"
-            got = ops.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs)
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(threads), cpu_isa("avx2"):
+        assert int8_path(m, 2, 1, k) == "bytes"
+        got = ops.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs)
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 2, k, gs))
 
 
@@ -158,12 +148,8 @@ def test_linear_int8_bytes_passes(isa, m, n, k, bits, group_size, threads):
     x, xs = make_int8_input(m, k, g, extremes=True)
     bias = torch.randn(n, generator=g)
     assert int8_path(m, bits, scale.shape[1], gs) == ("bytes" if isa == "avx2" else "portable")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         got = ops.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs)
-    finally:
-        torch.set_num_threads(before)
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, bits, k, gs))
 
 
