@@ -190,6 +190,19 @@ BITOPS_TARGET_AVX2 void store_tile_4x2(const Problem& p, int64_t i0, int64_t j0,
   _mm_storeh_pi(reinterpret_cast<__m64*>(out + 3 * ld), hi);
 }
 
+// The epilogue of activation row i against 8 consecutive weight rows j..j+7 with one scale group, from
+// their 8 sums u . x: signed_dot, add_group and finish as vector operations in the scalar order (convert,
+// * weight scale, * activation scale, + bias), so bit for bit the scalar results.
+BITOPS_TARGET_AVX2 inline __m256 epilogue_8(const Problem& p, int64_t i, int64_t j, __m256i u_dot_x) {
+  const __m256i xsum = _mm256_set1_epi32(p.xsum[i]);
+  const __m256i acc = p.bits == 1 ? _mm256_sub_epi32(_mm256_slli_epi32(u_dot_x, 1), xsum)
+                                  : _mm256_sub_epi32(u_dot_x, _mm256_slli_epi32(xsum, 1));
+  __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(p.w_scale + j));
+  y = _mm256_mul_ps(y, _mm256_set1_ps(p.x_scale[i]));
+  if (p.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(p.bias + j));
+  return y;
+}
+
 template <int MR, int NR>
 BITOPS_TARGET_AVX2 void tile_avx2(const Problem& p, int64_t i0, int64_t n0, int64_t r0, const uint8_t* u) {
   if constexpr (MR == 4 && NR == 2) {
@@ -402,14 +415,8 @@ BITOPS_TARGET_AVX2 void gemv_rows_planes(const Problem& p, const int8_t* planes,
       row_dot_planes<MR>(p, planes, j + r, acc32);
       for (int i = 0; i < MR; ++i) sums[i][r] = acc32[i];
     }
-    for (int i = 0; i < MR; ++i) {
-      const __m256i u_dot_x = hsum8_epi32(reinterpret_cast<const int32_t*>(sums[i]));
-      const __m256i acc = _mm256_sub_epi32(u_dot_x, _mm256_set1_epi32(2 * p.xsum[i]));  // signed_dot, 2 bits
-      __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(p.w_scale + j));
-      y = _mm256_mul_ps(y, _mm256_set1_ps(p.x_scale[i]));
-      if (p.bias) y = _mm256_add_ps(y, _mm256_loadu_ps(p.bias + j));
-      _mm256_storeu_ps(p.y + i * p.n + j, y);
-    }
+    for (int i = 0; i < MR; ++i)
+      _mm256_storeu_ps(p.y + i * p.n + j, epilogue_8(p, i, j, hsum8_epi32(reinterpret_cast<const int32_t*>(sums[i]))));
   }
   for (; j < n1; ++j) {
     __m256i acc32[MR];
@@ -458,25 +465,45 @@ BITOPS_TARGET_AVX2 void decode_block_avx2(const Problem& p, int64_t n0, int64_t 
   }
 }
 
-// Four activation rows times a whole block of kRowsPerBlock weight rows (one scale group), the results
-// gathered into one 4 x 16 tile and written as whole 64-byte rows (one cache line each), non-temporally
-// when the output does not fit L2 (streams_output). The 4x2 tiles' 8-byte stores straight into y were
-// slower even where nothing streams: 128 x 768 x 768 10% and 128 x 3072 x 768 3% (per-call interleaved).
+// Four activation rows times a whole block of kRowsPerBlock weight rows (one scale group). The eight 4x2
+// tiles' sums are kept as vectors and transposed in registers into one vector per activation row and 8
+// weight rows, whose epilogue is then vector code (epilogue_8); each activation row's 16 results, one
+// 64-byte line, go out as two stores back to back, non-temporally when the output does not fit L2
+// (streams_output). Measured per call, interleaved (ab_kernel.sh bytes, 2-bit, M = 128):
+//   - the 4x2 tiles' 8-byte stores straight into y were slower even where nothing streams (768 x 768 10%,
+//     3072 x 768 3%) than gathering a 4 x 16 tile on the stack and writing whole lines;
+//   - vector epilogues from transposed sums beat the per-tile epilogue into that stack tile by 6-10% at
+//     768 x 3072 and 768 x 768, 7% at 384 x 1536, 1% at 3072 x 768 (and 11% at 4096 x 384 x 1536);
+//   - but only with each line's two stores adjacent: with the other three rows' stores or an epilogue
+//     between a line's halves, non-temporal output at 768 x 3072 got 14-27% slower, not faster.
 BITOPS_TARGET_AVX2 void rows4_block(const Problem& p, int64_t i0, int64_t n0, const uint8_t* u, bool stream) {
-  alignas(32) float tile[4][kRowsPerBlock];
-  for (int64_t r = 0; r < kRowsPerBlock; r += 2) {
+  // sums[q]: the 4x2 tile of weight rows n0 + 2q, 2q + 1, lane 2i + j = activation row i0 + i, weight
+  // row n0 + 2q + j. Read back as whole 32-byte vectors, so every load is forwarded from one store.
+  alignas(32) __m256i sums[kRowsPerBlock / 2];
+  for (int q = 0; q < kRowsPerBlock / 2; ++q) {
     alignas(32) int32_t s[4][2];
-    dot_tile<4, 2>(p.x + i0 * p.kp, u + r * p.kp, p.kp, 0, p.kp, s);
-    store_tile_4x2(p, i0, n0 + r, s, &tile[0][r], kRowsPerBlock);
+    dot_tile<4, 2>(p.x + i0 * p.kp, u + 2 * q * p.kp, p.kp, 0, p.kp, s);
+    sums[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
+  }
+  __m256 out[4][2];  // all 16 results of an activation row first: its line's two stores then go out back to back
+  for (int half = 0; half < 2; ++half) {
+    // A 4 x 4 transpose of the 64-bit (j = 0, 1) pairs of four tiles: activation row i0 + i against
+    // weight rows n0 + 8 half .. n0 + 8 half + 7, in order.
+    const __m256i* t = sums + 4 * half;
+    const __m256i a = _mm256_unpacklo_epi64(t[0], t[1]), b = _mm256_unpackhi_epi64(t[0], t[1]);  // i 0|2, 1|3
+    const __m256i c = _mm256_unpacklo_epi64(t[2], t[3]), d = _mm256_unpackhi_epi64(t[2], t[3]);
+    const __m256i rows[4] = {_mm256_permute2x128_si256(a, c, 0x20), _mm256_permute2x128_si256(b, d, 0x20),
+                             _mm256_permute2x128_si256(a, c, 0x31), _mm256_permute2x128_si256(b, d, 0x31)};
+    for (int i = 0; i < 4; ++i) out[i][half] = epilogue_8(p, i0 + i, n0 + 8 * half, rows[i]);
   }
   for (int i = 0; i < 4; ++i) {
     float* y = p.y + (i0 + i) * p.n + n0;
-    for (int64_t r = 0; r < kRowsPerBlock; r += 8) {
-      if (stream) {
-        _mm256_stream_ps(y + r, _mm256_load_ps(&tile[i][r]));
-      } else {
-        _mm256_storeu_ps(y + r, _mm256_load_ps(&tile[i][r]));
-      }
+    if (stream) {
+      _mm256_stream_ps(y, out[i][0]);
+      _mm256_stream_ps(y + 8, out[i][1]);
+    } else {
+      _mm256_storeu_ps(y, out[i][0]);
+      _mm256_storeu_ps(y + 8, out[i][1]);
     }
   }
 }
