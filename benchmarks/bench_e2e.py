@@ -6,9 +6,11 @@ four forms, measured in one run, one thread pinned, medians:
                int8 activations): what a user gets from PyTorch today
   W1A8 packed  every encoder nn.Linear swapped for a frozen bitops.BinaryLinear (1-bit packed weights,
                8-bit per-token activations): the same modules a kd/ student exports
-  W1A8 packed, GELU fused
-               the same after bitops.fuse_gelu_ (what kd.load_exported and from_pretrained give)
-  W2A8 packed, GELU fused
+  W1A8 packed, fused
+               the same after bitops.fuse_gelu_ (each FFN's GELU inside the next layer's quantization)
+               and bitops.fuse_qkv_ (each attention's query, key and value as one GEMM): what
+               kd.load_exported and from_pretrained give
+  W2A8 packed, fused
                the same with frozen bitops.TernaryLinear (2-bit ternary weights, TernaryBERT / BinaryBERT's
                ternary stage), fused
 
@@ -45,10 +47,11 @@ def build_models():
         if isinstance(m, (bitops.BinaryLinear, bitops.TernaryLinear)):
             m.freeze()
     fused = copy.deepcopy(packed)
-    bitops.fuse_gelu_(fused)
-    bitops.fuse_gelu_(ternary)
-    models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, GELU fused": fused,
-              "W2A8 packed, GELU fused": ternary}
+    for model in (fused, ternary):
+        bitops.fuse_gelu_(model)
+        bitops.fuse_qkv_(model)
+    models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, fused": fused,
+              "W2A8 packed, fused": ternary}
     return tok, models, fakes
 
 
@@ -59,13 +62,13 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--compile", action="store_true",
-                    help="also time torch.compile of the GELU-fused W1A8 model (fullgraph; the first call compiles, ~1 min)")
+                    help="also time torch.compile of the fused W1A8 model (fullgraph; the first call compiles, ~1 min)")
     args = ap.parse_args(argv)
     pin_threads(1)
     torch.manual_seed(0)
     tok, models, fakes = build_models()
     if args.compile:
-        models["W1A8 packed, GELU fused, compiled"] = torch.compile(models["W1A8 packed, GELU fused"], fullgraph=True)
+        models["W1A8 packed, fused, compiled"] = torch.compile(models["W1A8 packed, fused"], fullgraph=True)
     records = []
     for b in args.batches:
         texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]

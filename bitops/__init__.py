@@ -7,7 +7,8 @@ inference.
 * ``bitops.tws_split_(model)``: Ternary Weight Splitting of a ternary model into 1-bit layers
   (``bitops.SplitBinaryLinear``, ``bitops.SplitBinaryEmbedding``; see ``bitops.tws``).
 * ``bitops.quantize_(model, BinaryConfig())``: swap a model's Linear layers in place;
-  ``bitops.fuse_gelu_(model)`` then folds each FFN's GELU into the next layer's input quantization.
+  ``bitops.fuse_gelu_(model)`` then folds each FFN's GELU into the next layer's input quantization,
+  ``bitops.fuse_qkv_(model)`` runs each attention's query, key and value as one GEMM.
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
 from ._ops import ops
-from .api import BinaryConfig, TernaryConfig, fuse_gelu_, quantize_
+from .api import BinaryConfig, TernaryConfig, fuse_gelu_, fuse_qkv_, quantize_
 from .embedding import BinaryEmbedding, TernaryEmbedding
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
@@ -26,7 +27,7 @@ from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA ker
 __all__ = [
     "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "TernaryEmbedding",
     "SplitBinaryLinear", "SplitBinaryEmbedding", "tws_split_", "tws_weights", "BinaryConfig", "TernaryConfig",
-    "quantize_", "fuse_gelu_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
+    "quantize_", "fuse_gelu_", "fuse_qkv_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"
 

@@ -4,6 +4,7 @@
     bitops.quantize_(model, bitops.BinaryConfig(act_bits=8))              # every Linear
     bitops.quantize_(model, bitops.TernaryConfig(), filter_fn=lambda m, name: "attention" in name)
     bitops.fuse_gelu_(model)   # inference: each FFN's GELU runs inside the next layer's quantization
+    bitops.fuse_qkv_(model)    # inference: each attention's query, key and value run as one GEMM
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 
 import warnings
 
-from .nn import BinaryLinear, TernaryLinear, _PackedLinear, check_layer_options
+from .nn import BinaryLinear, SharedInputGroup, TernaryLinear, _PackedLinear, check_layer_options
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,46 @@ def fuse_gelu_(model: nn.Module) -> int:
             nxt.input_activation = "gelu"
             fused += 1
     return fused
+
+
+def _can_share_input(layers) -> bool:
+    """Whether ``layers`` can run as one GEMM over their concatenated weights with results equal to
+    their own: frozen packed layers of one class, input width, packing, scale granularity and
+    per-token dynamic activation quantizer (a static clip is per layer), no fused activation, all
+    with or all without bias, on one device, in no group yet."""
+    first = layers[0]
+    if not all(isinstance(m, _PackedLinear) and type(m) is type(first) for m in layers):
+        return False
+    same = ("in_features", "act_bits", "act_quant", "granularity", "group_size", "input_activation")
+    return (
+        first.frozen and first.act_bits is not None and first.act_quant == "dynamic" and first.input_activation is None
+        and all(m.frozen and all(getattr(m, a) == getattr(first, a) for a in same) for m in layers)
+        and len({m._bias() is None for m in layers}) == 1
+        and len({(m.packed_weight.device, m.packed_weight.dtype, m.weight_scale.dtype) for m in layers}) == 1
+        and not any("_input_group" in m.__dict__ for m in layers)
+    )
+
+
+def fuse_qkv_(model: nn.Module) -> int:
+    """Group each attention block's ``query``, ``key`` and ``value`` packed layers, in place, so that in
+    inference they run as one GEMM over their concatenated weights; returns how many groups.
+
+    The pattern is the BERT family's (a module with ``query``, ``key`` and ``value``; in a
+    cross-attention, whose query reads another input, only ``key`` and ``value``). The layers must be
+    frozen, with per-token dynamic activations and the same format and options (see
+    bitops.nn.SharedInputGroup for what happens at a call and why the outputs are bit for bit the
+    same). Structure only: the state_dict, and so every saved file, is unchanged; training and
+    calls with grad enabled run each layer on its own."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
+    groups = 0
+    for fqn, module in model.named_modules():
+        cross = "CrossAttention" in type(module).__name__ or fqn.rpartition(".")[2] == "crossattention"
+        names = ("key", "value") if cross else ("query", "key", "value")
+        layers = [getattr(module, n, None) for n in names]
+        if all(isinstance(m, nn.Module) for m in layers) and _can_share_input(layers):
+            group = SharedInputGroup(layers)
+            for i, m in enumerate(layers):
+                m.__dict__["_input_group"] = (group, i)
+            groups += 1
+    return groups

@@ -175,11 +175,12 @@ def verify_weights(path: str, meta: dict) -> str:
     return weights
 
 
-def load_exported(path: str, device: str = "cpu", fuse_gelu: bool = True):
+def load_exported(path: str, device: str = "cpu", fuse_gelu: bool = True, fuse_qkv: bool = True):
     """(model, tokenizer, meta) from an export folder; the model is frozen, in eval mode, and runs
     on the packed kernels. ``fuse_gelu``: each FFN's GELU runs inside the next packed layer's input
-    quantization (bitops.fuse_gelu_; ~10% faster at batch 32 x 128 on CPU); the state_dict is the
-    same either way."""
+    quantization (bitops.fuse_gelu_; ~10% faster at batch 32 x 128 on CPU). ``fuse_qkv``: each
+    attention's query, key and value run as one GEMM in inference (bitops.fuse_qkv_; same outputs bit
+    for bit). Both change structure only: the state_dict is the same either way."""
     meta = read_export_config(path)
     weights = verify_weights(path, meta)
     tensors = load_file(weights)
@@ -188,6 +189,8 @@ def load_exported(path: str, device: str = "cpu", fuse_gelu: bool = True):
         _swap_in_frozen(model, fqn, state, cfg_path=os.path.join(path, CONFIG_FILE))
     if fuse_gelu:
         bitops.fuse_gelu_(model)
+    if fuse_qkv:
+        bitops.fuse_qkv_(model)
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except (RuntimeError, ValueError) as e:  # shapes or packed-layer metadata differ from the manifest's

@@ -1,4 +1,5 @@
 import contextlib
+import threading
 
 import pytest
 import torch
@@ -29,6 +30,26 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_in_threads(worker, n: int) -> None:
+    """worker(t) for t in range(n), each in its own Python thread at once; re-raises the first
+    exception any of them hit (a thread's exception would otherwise vanish)."""
+    errors = []
+
+    def guarded(t):
+        try:
+            worker(t)
+        except BaseException as e:  # noqa: BLE001  (surfaced below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture(params=cpu_isas())

@@ -2,13 +2,12 @@
 import gc
 import os
 import resource
-import threading
 
 import torch
 
 import bitops
 from bitops.quantizers import quantize_per_token_symmetric, quantize_weight
-from conftest import torch_threads
+from conftest import run_in_threads, torch_threads
 
 ops = torch.ops.bitops
 
@@ -33,22 +32,14 @@ def run_all(p):
 def test_ops_from_many_threads_equal_single_thread():
     problems = [make_problem(i, m=1 + 17 * i, bits=1 + i % 2) for i in range(6)]
     expected = [run_all(p) for p in problems]
-    results, errors = {}, []
+    results = {}
 
     def worker(t):
-        try:
-            for rep in range(5):
-                i = (t + rep) % len(problems)
-                results[(t, rep)] = (i, run_all(problems[i]))
-        except Exception as e:  # surfaced below: a thread's exception would otherwise vanish
-            errors.append(e)
+        for rep in range(5):
+            i = (t + rep) % len(problems)
+            results[(t, rep)] = (i, run_all(problems[i]))
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_in_threads(worker, 6)
     assert len(results) == 30
     for i, outs in results.values():
         for got, want in zip(outs, expected[i]):

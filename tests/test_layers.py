@@ -9,6 +9,7 @@ import torch
 import bitops
 from bitops.quantizers import PerTokenSymmetricSTE, WeightSTE
 from bitops.reference import FakeQuantLinear
+from conftest import run_in_threads
 
 LAYERS = [bitops.BinaryLinear, bitops.TernaryLinear]
 VARIANTS = [
@@ -203,6 +204,129 @@ def test_fuse_gelu(frozen):
         got.square().sum().backward()
         for (name, p), q in zip(model.named_parameters(), fused.parameters()):
             assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name  # None: the pooler
+
+
+QKV_CONFIGS = {
+    "W1A8": bitops.BinaryConfig(act_bits=8, freeze=True),
+    "W2A8": bitops.TernaryConfig(act_bits=8, freeze=True),
+    "W1A4 per tensor": bitops.BinaryConfig(act_bits=4, granularity="tensor", freeze=True),
+    "W1A8 groups of 16": bitops.BinaryConfig(act_bits=8, granularity="group", group_size=16, freeze=True),
+}
+
+
+def _ids(shape, seed=1):
+    return torch.randint(0, 50, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("config", list(QKV_CONFIGS.values()), ids=list(QKV_CONFIGS))
+def test_fuse_qkv_equals_separate_layers(config):
+    model = bitops.quantize_(_small_bert(), config)
+    bitops.fuse_gelu_(model)  # independent of the grouping; what the exported models run
+    fused = copy.deepcopy(model)
+    assert bitops.fuse_qkv_(fused) == 2
+    assert bitops.fuse_qkv_(fused) == 0  # already grouped
+    a, b = model.state_dict(), fused.state_dict()  # structure only
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    # 60 rows: the GEMM kernels; 5 and 1 rows: the GEMV paths (the lookup GEMV for 1-bit rows).
+    for shape in ((3, 20), (1, 5), (1, 1)):
+        ids = _ids(shape)
+        with torch.inference_mode():
+            want = model(ids).last_hidden_state
+            assert torch.equal(fused(ids).last_hidden_state, want), shape
+        with torch.no_grad():
+            assert torch.equal(fused(ids).last_hidden_state, want), shape
+    # Grad enabled: each layer runs on its own (autograd through the packed layers to the embeddings).
+    ids = _ids((2, 7))
+    ya, yb = model(ids).last_hidden_state, fused(ids).last_hidden_state
+    assert torch.equal(ya, yb)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        assert (p.grad is None and q.grad is None) or torch.equal(p.grad, q.grad), name
+
+
+def test_fuse_qkv_any_call_pattern_and_weight_changes():
+    model = bitops.quantize_(_small_bert(), QKV_CONFIGS["W1A8"])
+    att = copy.deepcopy(model.encoder.layer[0].attention.self)
+    bitops.fuse_qkv_(model)
+    fused = model.encoder.layer[0].attention.self
+    x, other, y = torch.randn(2, 9, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    own = {n: getattr(att, n)(x) for n in ("query", "key", "value")}
+    with torch.inference_mode():
+        # value first, a member twice, a member on another tensor in between: each output is its own.
+        for name, inp in (("value", x), ("value", x), ("query", x), ("key", other), ("key", x), ("query", x)):
+            want = own[name] if inp is x else getattr(att, name)(inp)
+            assert torch.equal(getattr(fused, name)(inp), want), name
+        # The same tensor written in place between the calls (y was made outside inference mode, so
+        # it has a version counter): the output follows the new values.
+        fused.query(y)
+        y.mul_(2)
+        assert torch.equal(fused.key(y), att.key(y))
+    # New weights for the members (load_state_dict writes in place; assignment swaps the tensor).
+    donor = bitops.quantize_(_small_bert(), QKV_CONFIGS["W1A8"])
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = _ids((3, 20))
+    with torch.inference_mode():
+        model(ids)
+        model.load_state_dict(donor.state_dict())
+        assert torch.equal(model(ids).last_hidden_state, donor(ids).last_hidden_state)
+        fused.value.packed_weight = torch.zeros_like(fused.value.packed_weight)  # every code -1
+        ref = copy.deepcopy(att.value)
+        ref.load_state_dict(fused.value.state_dict())
+        assert torch.equal(fused.value(x), ref(x)) and not torch.equal(ref(x), att.value(x))
+
+
+def test_fuse_qkv_deepcopy_and_threads():
+    model = bitops.quantize_(_small_bert(), QKV_CONFIGS["W2A8"])
+    bitops.fuse_qkv_(model)
+    twin = copy.deepcopy(model)  # its groups hold its own layers
+    group = twin.encoder.layer[1].attention.self.key.__dict__["_input_group"][0]
+    assert group.layers[1] is twin.encoder.layer[1].attention.self.key
+    inputs = [_ids((2, 5 + 3 * t), seed=t) for t in range(4)]
+    with torch.inference_mode():
+        want = [twin(i).last_hidden_state for i in inputs]
+        for p in model.parameters():  # the original changes; the copy does not
+            p.data.zero_()
+        assert torch.equal(twin(inputs[0]).last_hidden_state, want[0])
+    results = {}
+
+    def worker(t):  # threads share the groups: each keeps its own pending output
+        with torch.inference_mode():
+            for rep in range(6):
+                i = (t + rep) % len(inputs)
+                results[(t, rep)] = (i, twin(inputs[i]).last_hidden_state)
+
+    run_in_threads(worker, 4)
+    assert len(results) == 24
+    assert all(torch.equal(y, want[i]) for i, y in results.values())
+
+
+def test_fuse_qkv_only_what_it_can():
+    from transformers import BertConfig, BertModel
+
+    # Training layers, static (PACT) activation clips, float activations: nothing to group.
+    for config in (bitops.BinaryConfig(), bitops.BinaryConfig(act_quant="pact", freeze=True),
+                   bitops.BinaryConfig(act_bits=None, freeze=True)):
+        assert bitops.fuse_qkv_(bitops.quantize_(_small_bert(), config)) == 0
+    assert bitops.fuse_qkv_(_small_bert()) == 0  # nn.Linear
+    mixed = bitops.quantize_(_small_bert(), QKV_CONFIGS["W1A8"], filter_fn=lambda m, n: not n.endswith("value"))
+    bitops.quantize_(mixed, QKV_CONFIGS["W2A8"])
+    assert bitops.fuse_qkv_(mixed) == 0  # 1-bit query and key, 2-bit value
+    # A decoder's cross-attention reads its query from another input: only key and value are grouped.
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     is_decoder=True, add_cross_attention=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = bitops.quantize_(BertModel(cfg).eval(), QKV_CONFIGS["W1A8"])
+    fused = copy.deepcopy(model)
+    assert bitops.fuse_qkv_(fused) == 2
+    cross = fused.encoder.layer[0].crossattention.self
+    assert "_input_group" not in cross.query.__dict__ and "_input_group" in cross.key.__dict__
+    ids, memory = _ids((2, 6)), torch.randn(2, 4, 32)
+    with torch.inference_mode():
+        want = model(ids, encoder_hidden_states=memory).last_hidden_state
+        assert torch.equal(fused(ids, encoder_hidden_states=memory).last_hidden_state, want)
 
 
 def test_fuse_gelu_leaves_other_activations():
