@@ -10,7 +10,7 @@
   W1A8 gemv-lut kernel: torch.ops.bitops.packed_gemv_int8 on the same input and the GEMV layout of the
                 same weights (the frozen layer uses it up to bitops.nn.GEMV_MAX_ROWS rows)
 
-One thread pinned to one core for the main table; the W1A8 kernel also with 2 threads at M=128
+One thread pinned to one core for the main table; the W1A8 and W2A8 kernels also with 2 threads at M=128
 (thread scaling). Writes CSV and a markdown table, and with matplotlib a PNG plot of GMAC/s vs M.
 Usage: python benchmarks/bench_gemm.py [--repeats 20] [--ms 1 8 32 128] [--out-dir benchmarks/results]
 """
@@ -67,15 +67,18 @@ def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
     ]
 
 
-def thread_scaling(k: int, n: int, repeats: int) -> dict:
-    """W1A8 kernel at M=128: 2-thread throughput over 1-thread throughput, in alternating rounds (one
-    untimed call after each switch, for the OpenMP team to wake), so that drift hits both alike."""
+def thread_scaling(k: int, n: int, bits: int, rounds: int) -> dict:
+    """A kernel at M=128 (W1A8 lut or W2A8 bytes): 2-thread over 1-thread speed, as the median of the
+    per-round ratios of alternating calls (one untimed call after each switch, for the OpenMP team to
+    wake). The machine's drift within a round hits both alike; a ratio of the two medians (what this
+    table showed until stop 19) let minutes of drift between them in: 1.21-1.92x for the same build."""
     torch.manual_seed(0)
-    layer = bitops.BinaryLinear.from_linear(torch.nn.Linear(k, n), act_bits=8).freeze()
+    cls = bitops.BinaryLinear if bits == 1 else bitops.TernaryLinear
+    layer = cls.from_linear(torch.nn.Linear(k, n), act_bits=8).freeze()
     q, s = quantize_per_token_symmetric(torch.randn(128, k))
-    call = lambda: bitops.ops.packed_linear_int8(q, s, layer.packed_weight, layer.weight_scale, None, 1, k, k)  # noqa: E731
+    call = lambda: bitops.ops.packed_linear_int8(q, s, layer.packed_weight, layer.weight_scale, None, bits, k, k)  # noqa: E731
     times = {1: [], 2: []}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for t in (1, 2):
             pin_threads(t)
             call()
@@ -83,10 +86,12 @@ def thread_scaling(k: int, n: int, repeats: int) -> dict:
             call()
             times[t].append(time.perf_counter() - t0)
     pin_threads(1)
-    out = {"K": k, "N": n}
+    ratios = [a / b for a, b in zip(times[1], times[2])]
+    quartiles = statistics.quantiles(ratios, n=4)
+    out = {"kernel": f"W{bits}A8", "K": k, "N": n, "rounds": rounds}
     for t in (1, 2):
         out[f"ms_{t}t"] = statistics.median(times[t]) * 1e3
-    out["speedup_2t"] = out["ms_1t"] / out["ms_2t"]
+    out.update(speedup_2t=statistics.median(ratios), q1=quartiles[0], q3=quartiles[2])
     return out
 
 
@@ -96,9 +101,10 @@ def markdown(records: list[dict], scaling: list[dict], header: str) -> str:
         lines.append(f"| {r['M']} | {r['K']} | {r['N']} | {r['kernel']} | {r['path']} | {r['ms']:.3f} | "
                      f"{r['gmacs']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x |")
     if scaling:
-        lines += ["", "W1A8 kernel at M=128, 2 threads vs 1:", "", "| K | N | 1 thread ms | 2 threads ms | speed-up |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s['K']} | {s['N']} | {s['ms_1t']:.3f} | {s['ms_2t']:.3f} | {s['speedup_2t']:.2f}x |" for s in scaling]
+        lines += ["", f"Kernels at M=128, 2 threads vs 1 (median of {scaling[0]['rounds']} per-round ratios, quartiles):", "",
+                  "| kernel | K | N | 1 thread ms | 2 threads ms | speed-up | quartiles |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['kernel']} | {s['K']} | {s['N']} | {s['ms_1t']:.3f} | {s['ms_2t']:.3f} | {s['speedup_2t']:.2f}x | "
+                  f"{s['q1']:.2f}-{s['q3']:.2f} |" for s in scaling]
     return "\n".join(lines) + "\n"
 
 
@@ -134,7 +140,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     pin_threads(1)
     records = [r for m in args.ms for k, n in BERT_BASE_SHAPES for r in bench_shape(m, k, n, args.repeats)]
-    scaling = [thread_scaling(k, n, args.repeats) for k, n in BERT_BASE_SHAPES] if len(ALL_CORES) > 1 else []
+    rounds = max(60, 3 * args.repeats)
+    scaling = ([thread_scaling(k, n, bits, rounds) for bits in (1, 2) for k, n in BERT_BASE_SHAPES]
+               if len(ALL_CORES) > 1 else [])
     header = (f"GEMM, 1 thread pinned, median of {args.repeats} interleaved rounds; {platform.processor() or platform.machine()}, "
               f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
     wrote = write_results(args.out_dir, "gemm", records, markdown(records, scaling, header))
