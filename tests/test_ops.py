@@ -97,8 +97,9 @@ def test_linear_int8_lut_exact(m, n, k):
     assert torch.equal(got, R.packed_linear_int8(x, xs, packed, scale, bias, 1, k, gs))
 
 
-# Several 64-row activation blocks: three or more read the indices built once per call, two do when
-# those fit L2 (100 x 200 x 385) and build their own otherwise (100 x 1030 x 3072). Outputs past 512 KiB
+# Several 64-row activation blocks: three or more per thread read the indices built once per call, two
+# do when those fit L2 (100 x 200 x 385 on one thread) and build their own otherwise (100 x 1030 x 3072,
+# or one block per thread: 100 x 200 x 385 on two). Outputs past 512 KiB
 # go out with non-temporal stores (N a multiple of 8) or not (N odd). One thread (blocks in turn), two
 # (the blocks shared out) and four (more threads than blocks: the weight blocks shared out), at K in
 # block order (tables fit L2) and in chunk order (K = 3072).

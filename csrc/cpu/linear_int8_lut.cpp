@@ -179,7 +179,11 @@ BITOPS_TARGET_AVX2 void build_chunk_indices(const Problem& p, int64_t nb, int64_
 //   - at M = 128 (two blocks) reading 1.5 MiB back from L3 cost more than building them twice
 //     (128 x 3072 x 768: 9% slower), but indices that fit L2 (MiniLM's shapes, BERT-base's 768 x 768:
 //     <= 384 KiB) were 2-8% faster built once.
-// So: built once from three activation blocks up, or from two when they fit kIndicesL2Budget.
+// So: built once from three activation blocks per thread up, or from two when they fit kIndicesL2Budget.
+// Per thread: with one block each (M = 128, 2 threads), prebuilt indices are built half by each core and
+// then read whole by both, half from the other core's cache, after one more barrier; built where used,
+// each thread reads only its own (2 threads, ab_kernel.sh lut, three runs each: 1536 x 384 +29% / +26% /
+// +1%, 768 x 768 +20% / -1% / +23%, 384 x 384 +1% / +1% / +4%, 384 x 1536 -2% / -3% / +2%).
 class Indices {
  public:
   static constexpr int64_t kChunkVectors = kSubBlocks * kChunkTriples;
@@ -188,7 +192,8 @@ class Indices {
   Indices(const Problem& p, int64_t m_blocks) : chunks_((lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples) {
     const int64_t n_blocks = (p.n + kLutRowBlock - 1) / kLutRowBlock, per_block = chunks_ * kChunkVectors;
     const int64_t bytes = n_blocks * per_block * static_cast<int64_t>(sizeof(__m256i));
-    if (m_blocks < 2 || (m_blocks == 2 && bytes > kIndicesL2Budget)) return;
+    const int64_t per_thread = m_blocks / std::max(1, at::get_num_threads());
+    if (per_thread < 2 || (per_thread == 2 && bytes > kIndicesL2Budget)) return;
     thread_local std::unique_ptr<void, FreeDeleter> buffer;
     thread_local int64_t capacity = 0;
     if (capacity < n_blocks * per_block) {
