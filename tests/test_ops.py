@@ -117,7 +117,7 @@ def test_linear_int8_lut_activation_blocks(m, n, k, threads):
 
 
 # The byte kernel (2-bit codes, one scale group) writes whole 16-row weight blocks of four activation rows
-# at a time; outputs past 512 KiB go out with non-temporal stores (N a multiple of 8) or not (N odd).
+# at a time, outputs past 512 KiB too (N a multiple of 8 or odd: once streamed or not, now the same path).
 # A partial last weight block (N % 16), 1-3 leftover activation rows (M % 4), K across an int16 flush
 # (> 1024), one thread and two (the weight blocks shared out).
 @pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the byte kernel's tiles are AVX2 code; this CPU has none")

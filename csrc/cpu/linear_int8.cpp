@@ -468,15 +468,18 @@ BITOPS_TARGET_AVX2 void decode_block_avx2(const Problem& p, int64_t n0, int64_t 
 // Four activation rows times a whole block of kRowsPerBlock weight rows (one scale group). The eight 4x2
 // tiles' sums are kept as vectors and transposed in registers into one vector per activation row and 8
 // weight rows, whose epilogue is then vector code (epilogue_8); each activation row's 16 results, one
-// 64-byte line, go out as two stores back to back, non-temporally when the output does not fit L2
-// (streams_output). Measured per call, interleaved (ab_kernel.sh bytes, 2-bit, M = 128):
-//   - the 4x2 tiles' 8-byte stores straight into y were slower even where nothing streams (768 x 768 10%,
-//     3072 x 768 3%) than gathering a 4 x 16 tile on the stack and writing whole lines;
+// 64-byte line, go out as two stores back to back. Measured per call, interleaved (ab_kernel.sh bytes,
+// 2-bit, M = 128):
+//   - the 4x2 tiles' 8-byte stores straight into y were slower (768 x 768 10%, 3072 x 768 3%) than
+//     gathering a 4 x 16 tile on the stack and writing whole lines;
 //   - vector epilogues from transposed sums beat the per-tile epilogue into that stack tile by 6-10% at
-//     768 x 3072 and 768 x 768, 7% at 384 x 1536, 1% at 3072 x 768 (and 11% at 4096 x 384 x 1536);
-//   - but only with each line's two stores adjacent: with the other three rows' stores or an epilogue
-//     between a line's halves, non-temporal output at 768 x 3072 got 14-27% slower, not faster.
-BITOPS_TARGET_AVX2 void rows4_block(const Problem& p, int64_t i0, int64_t n0, const uint8_t* u, bool stream) {
+//     768 x 3072 and 768 x 768, 7% at 384 x 1536, 1% at 3072 x 768 (and 11% at 4096 x 384 x 1536).
+// The lines go through the caches, also where the output outgrows L2 (the lookup kernel streams it
+// there: streams_output). Streaming helped the stack-tile version (768 x 3072 14-24%), but with the
+// vector epilogue it costs: through the torch op, fresh output per call and 64 MiB written between
+// calls to flush the caches, non-temporal lines took 4% longer at 128 x 768 x 3072, 8% at 128 x 384 x
+// 1536, 9-10% at 4096 x 384 x 1536 and 4096 x 768 x 3072 (median of per-round ratios, 40 rounds).
+BITOPS_TARGET_AVX2 void rows4_block(const Problem& p, int64_t i0, int64_t n0, const uint8_t* u) {
   // sums[q]: the 4x2 tile of weight rows n0 + 2q, 2q + 1, lane 2i + j = activation row i0 + i, weight
   // row n0 + 2q + j. Read back as whole 32-byte vectors, so every load is forwarded from one store.
   alignas(32) __m256i sums[kRowsPerBlock / 2];
@@ -498,21 +501,15 @@ BITOPS_TARGET_AVX2 void rows4_block(const Problem& p, int64_t i0, int64_t n0, co
   }
   for (int i = 0; i < 4; ++i) {
     float* y = p.y + (i0 + i) * p.n + n0;
-    if (stream) {
-      _mm256_stream_ps(y, out[i][0]);
-      _mm256_stream_ps(y + 8, out[i][1]);
-    } else {
-      _mm256_storeu_ps(y, out[i][0]);
-      _mm256_storeu_ps(y + 8, out[i][1]);
-    }
+    _mm256_storeu_ps(y, out[i][0]);
+    _mm256_storeu_ps(y + 8, out[i][1]);
   }
 }
 
 BITOPS_TARGET_AVX2 void block_avx2(const Problem& p, int64_t i0, int64_t i1, int64_t n0, int64_t rows, const uint8_t* u) {
   int64_t i = i0;
   if (p.groups == 1 && rows == kRowsPerBlock) {
-    const bool stream = streams_output(p);
-    for (; i + 4 <= i1; i += 4) rows4_block(p, i, n0, u, stream);
+    for (; i + 4 <= i1; i += 4) rows4_block(p, i, n0, u);
   }
   for (; i + 4 <= i1; i += 4) rows_avx2<4>(p, i, n0, rows, u);
   for (; i < i1; ++i) rows_avx2<1>(p, i, n0, rows, u);
@@ -596,7 +593,6 @@ void linear_bytes(const Problem& p_in, bool avx2) {
       if (avx2) {
         decode_block_avx2(p, n0, rows, u, x_planes.defined());
         block_avx2(p, i0, i1, n0, rows, u);
-        if (item + 1 == b1) _mm_sfence();  // streamed results are visible before the thread reports its work done
         continue;
       }
 #endif

@@ -48,13 +48,14 @@ inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
   return y;
 }
 
-// Whether a kernel writes its results around the caches (non-temporal stores of whole vectors): when
-// the output (M x N floats) is larger than this core's L2 (512 KiB on Zen3) it cannot stay there anyway,
-// and writing it through L2 evicts the tables, indices or decoded weights the next block reads. The
-// lookup kernel: 128 x 768 x 3072 (1.5 MiB of output) and 128 x 384 x 1536 (768 KiB) 4% faster, and
-// 128 x 3072 x 768 (384 KiB) 6% slower; the 2-bit byte kernel: 14-24% and 9% faster at the first two
-// (per-call interleaved timing, benchmarks/ab_kernel.sh). Needs every row's vectors 32-byte aligned:
-// N a multiple of 8 and y aligned.
+// Whether the lookup kernel writes its results around the caches (non-temporal stores of whole vectors):
+// when the output (M x N floats) is larger than this core's L2 (512 KiB on Zen3) it cannot stay there
+// anyway, and writing it through L2 evicts the tables and indices the next block reads: 128 x 768 x 3072
+// (1.5 MiB of output) and 128 x 384 x 1536 (768 KiB) 4% faster, and 128 x 3072 x 768 (384 KiB) 6% slower
+// (per-call interleaved timing, benchmarks/ab_kernel.sh). Rechecked at stop 19 through the torch op with
+// caches flushed between calls: 4% and 9-11% faster there, 11% at 4096 x 384 x 1536, 3% slower at 4096 x
+// 768 x 3072. (The byte kernel no longer streams: rows4_block.) Needs every row's vectors 32-byte
+// aligned: N a multiple of 8 and y aligned.
 inline bool streams_output(const Problem& p) {
   constexpr int64_t kStreamOutputBytes = 512 * 1024;
   return p.m * p.n * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes && p.n % 8 == 0 &&
