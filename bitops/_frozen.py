@@ -16,6 +16,9 @@ class FrozenPackedState:
 
     _state_kind = "packed module"
     _checked_state_keys: tuple = ()
+    # The dtype of a frozen module's float results where no float input sets it (an embedding's rows):
+    # float32, or what the model was last cast to (model.half() -> float16). Not saved: structure.
+    output_dtype: torch.dtype = torch.float32
 
     def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
         if "weight" in self._parameters:
@@ -30,6 +33,22 @@ class FrozenPackedState:
         if not self.frozen:
             self._frozen_buffers(*self.packed_weight_and_scale())
         return self
+
+    def _apply(self, fn, recurse=True):
+        # model.half(), .to(torch.bfloat16), .double(): the scales stay float32, the dtype every kernel
+        # takes (a trip through half would also round them); they follow the model's device. The packed
+        # words are integers, which dtype casts leave alone anyway.
+        scale = self._buffers.get("weight_scale")
+        if scale is None or not scale.is_floating_point():
+            return super()._apply(fn, recurse)
+        self._buffers["weight_scale"] = None  # skipped by nn.Module._apply
+        try:
+            out = super()._apply(fn, recurse)
+            probe = fn(torch.empty(0, device=scale.device))  # where and as what a float32 tensor goes
+            scale, self.output_dtype = scale.to(probe.device), probe.dtype
+        finally:
+            self._buffers["weight_scale"] = scale
+        return out
 
     def set_extra_state(self, state) -> None:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:

@@ -103,9 +103,12 @@ class _PackedEmbedding(FrozenPackedState, nn.Module):
             words = self.packed_weight.shape[1] // self.halves
             codes = ops.unpack_bits(self.packed_weight.index_select(0, flat).reshape(n * self.halves, words), self.bits, d)
             rows = codes.to(torch.float32) * self.weight_scale.index_select(0, flat).reshape(n * self.halves, 1)
-        else:
-            latent = nn.functional.embedding(flat, self.weight, self.padding_idx).reshape(n * self.halves, d)
-            rows = Q.WeightSTE.apply(latent, self.bits, "row", None) if n else latent
+            out = self._sum_halves(rows, n)
+            if self.output_dtype != torch.float32:  # rows exact in float32, then cast as the model was
+                out = out.to(self.output_dtype)
+            return out.reshape(*ids.shape, d)
+        latent = nn.functional.embedding(flat, self.weight, self.padding_idx).reshape(n * self.halves, d)
+        rows = Q.WeightSTE.apply(latent, self.bits, "row", None) if n else latent
         return self._sum_halves(rows, n).reshape(*ids.shape, d)
 
     @torch.no_grad()
