@@ -477,7 +477,10 @@ BITOPS_TARGET_AVX2 void decode_block_avx2(const Problem& p, int64_t n0, int64_t 
 //   - the 4x2 tiles' 8-byte stores straight into y were slower (768 x 768 10%, 3072 x 768 3%) than
 //     gathering a 4 x 16 tile on the stack and writing whole lines;
 //   - vector epilogues from transposed sums beat the per-tile epilogue into that stack tile by 6-10% at
-//     768 x 3072 and 768 x 768, 7% at 384 x 1536, 1% at 3072 x 768 (and 11% at 4096 x 384 x 1536).
+//     768 x 3072 and 768 x 768, 7% at 384 x 1536, 1% at 3072 x 768 (and 11% at 4096 x 384 x 1536);
+//   - reducing each int16 flush interval's sums into the 8 totals in registers (hsum8_epi32), not into
+//     dot_tile's int32 totals in memory, gained 7-11% at K <= 1024 (384 x 1536, 768 x 768, 768 x 3072,
+//     4096 x 384 x 1536); K = 1536 and 3072 unchanged.
 // The lines go through the caches, also where the output outgrows L2 (the lookup kernel streams it
 // there: streams_output). Streaming helped the stack-tile version (768 x 3072 14-24%), but with the
 // vector epilogue it costs: through the torch op, fresh output per call and 64 MiB written between
