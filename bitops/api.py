@@ -156,7 +156,10 @@ def fuse_qkv_(model: nn.Module) -> int:
     frozen, with per-token dynamic activations and the same format and options (see
     bitops.nn.SharedInputGroup for what happens at a call and why the outputs are bit for bit the
     same). Structure only: the state_dict, and so every saved file, is unchanged; training and
-    calls with grad enabled run each layer on its own."""
+    calls with grad enabled run each layer on its own. The grouped layers' outputs are column views
+    of the one fused output, not contiguous: ``.view`` that splits the feature dimension (what the
+    BERT family's attention does, into heads) works, one that merges it with others needs
+    ``.reshape`` or ``.contiguous()`` first (a copy each would cost more than the grouping saves)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
     groups = 0

@@ -253,6 +253,9 @@ def test_fuse_qkv_any_call_pattern_and_weight_changes():
     x, other, y = torch.randn(2, 9, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
     own = {n: getattr(att, n)(x) for n in ("query", "key", "value")}
     with torch.inference_mode():
+        q = fused.query(x)  # a column view of the (2, 9, 96) fused output: split into heads as BERT does
+        assert q.stride() == (9 * 96, 96, 1) and torch.equal(q.view(2, 9, 2, 16), own["query"].view(2, 9, 2, 16))
+        fused.key(x), fused.value(x)
         # value first, a member twice, a member on another tensor in between: each output is its own.
         for name, inp in (("value", x), ("value", x), ("query", x), ("key", other), ("key", x), ("query", x)):
             want = own[name] if inp is x else getattr(att, name)(inp)
