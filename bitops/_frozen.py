@@ -22,6 +22,9 @@ class FrozenPackedState:
 
     def _frozen_buffers(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
         if "weight" in self._parameters:
+            latent = self._parameters["weight"]
+            if latent is not None and latent.is_floating_point():
+                self.output_dtype = latent.dtype  # a half model's embedding keeps giving half rows once frozen
             del self._parameters["weight"]
         self.register_buffer("packed_weight", packed)
         self.register_buffer("weight_scale", scale)

@@ -358,6 +358,23 @@ def test_frozen_model_casts_keep_float32_scales(dtype):
     assert (got.float() - want).abs().max() < tol
 
 
+def test_freezing_a_half_model():
+    # Frozen from half latent weights: float32 scales (the kernels' dtype), outputs in half as before.
+    model = bitops.quantize_(_small_bert(), QKV_CONFIGS["W1A8"]).half()
+    model.embeddings.word_embeddings = bitops.BinaryEmbedding.from_embedding(model.embeddings.word_embeddings)
+    ids = _ids((2, 9))
+    with torch.no_grad():
+        before = model(ids).last_hidden_state
+    for m in model.modules():
+        if isinstance(m, (bitops.BinaryLinear, bitops.BinaryEmbedding)):
+            m.freeze()
+            assert m.weight_scale.dtype == torch.float32
+    with torch.inference_mode():
+        after = model(ids).last_hidden_state
+    assert after.dtype == torch.float16 and model.embeddings.word_embeddings(ids).dtype == torch.float16
+    assert torch.equal(after, before)
+
+
 def test_fuse_gelu_leaves_other_activations():
     for act in ("gelu_new", "relu"):  # tanh GELU and ReLU are not the erf GELU the kernel computes
         model = bitops.quantize_(_small_bert(act), bitops.BinaryConfig(act_bits=8, freeze=True))
