@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 from transformers import AttentionInterface, BertConfig, BertForSequenceClassification
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import bitops
 
@@ -98,6 +99,10 @@ def capturing_attention(module, query, key, value, attention_mask, scaling=None,
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, capturing_attention)
+# transformers builds the attention mask only for implementation names it has a mask function for;
+# for any other name it passes None, and padded tokens would be attended to. sdpa's form: a boolean
+# (B, 1, T, T) mask, or None when no token of the batch is padding.
+AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
 
 
 @contextlib.contextmanager

@@ -67,6 +67,20 @@ def test_captured_scores_are_pre_softmax_q_kT():
     assert models._capture.scores is None
 
 
+def test_padding_is_masked():
+    # A padded sequence gives the hidden states it gives alone: transformers passes kd's attention the
+    # padding mask only because kd registers a mask function for its attention name (without it, the
+    # mask was None and padded tokens were attended to).
+    model = tiny_model(2)
+    b = batch()
+    with torch.no_grad():
+        padded = model.bert(**b).last_hidden_state[1, :4]
+        alone = model.bert(**{k: v[1:2, :4] for k, v in b.items()}).last_hidden_state[0]
+        unmasked = model.bert(**{**b, "attention_mask": torch.ones_like(b["attention_mask"])}).last_hidden_state[1, :4]
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)
+    assert (padded - unmasked).abs().max() > 1e-2  # the padding does change the output when attended to
+
+
 def test_quantize_student_module_set():
     model = tiny_model(2)
     models.quantize_student(model, QuantSpec(ffn2=2))

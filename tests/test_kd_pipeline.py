@@ -54,9 +54,14 @@ def test_export_reload_reproduces_predictions(tiny_run):
     model, spec, tok, info = pipelines.load_student_dir(str(root / "xtc" / "1bit-student"))
     enc = Encoded(data.dev, tok, 32, "classification")
     want = trainer.predict_logits(model, enc)
+    exact = export.load_exported(x_res["export"], fuse_gelu=False)[0]
+    assert torch.equal(trainer.predict_logits(exact, enc), want)
+    # The default folds GELU into the next layer's quantization with its own erf (bitops.fuse_gelu_):
+    # an int8 code may differ where a value sits within ~1e-7 of a rounding boundary.
     loaded, tok2, meta = export.load_exported(x_res["export"])
     got = trainer.predict_logits(loaded, enc)
-    assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert meta["layer_map"] == [1] and meta["task"]["labels"] == ["negative", "positive"]
     assert all(not p.requires_grad or "packed" not in n for n, p in loaded.named_parameters())
     assert type(loaded.bert.pooler.dense).__name__ == "BinaryLinear"
