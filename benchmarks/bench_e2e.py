@@ -8,16 +8,24 @@ four forms, measured in one run, one thread pinned, medians:
                8-bit per-token activations): the same modules a kd/ student exports
   W1A8 packed, fused
                the same after bitops.fuse_gelu_ (each FFN's GELU inside the next layer's quantization)
-               and bitops.fuse_qkv_ (each attention's query, key and value as one GEMM): what
+               and bitops.fuse_qkv_ (each attention's query, key and value as one GEMM)
+  W1A8 packed, fused + attention
+               the same with kd's attention, which runs bitops.attention in inference: what
                kd.load_exported and from_pretrained give
-  W2A8 packed, fused
+  W2A8 packed, fused + attention
                the same with frozen bitops.TernaryLinear (2-bit ternary weights, TernaryBERT / BinaryBERT's
-               ternary stage), fused
+               ternary stage)
 
-at batch 1 x 128 and 32 x 128 tokens of real text. Also reports how far each packed model's outputs
-are from the fake-quant model's (the same quantizers with dense float math; bitops.demo).
-Writes CSV, markdown and (with matplotlib) a PNG bar chart.
-Usage: python benchmarks/bench_e2e.py [--batches 1 32] [--seq-len 128] [--repeats 5]
+The others use transformers' default attention (torch SDPA). Each model runs at batch 1 x 128 and
+32 x 128 tokens of real text, in two forms of input:
+
+  full    every sequence is 128 real tokens (the demo's sentences, one after another)
+  padded  every sequence is one sentence (10-18 tokens) padded to 128: the attention mask hides 85-92%
+          of the keys, which bitops.attention skips and SDPA computes
+
+Also reports how far each packed model's outputs are from the fake-quant model's (the same
+quantizers with dense float math; bitops.demo). Writes CSV, markdown and (with matplotlib) a PNG bar chart.
+Usage: python benchmarks/bench_e2e.py [--batches 1 32] [--seq-len 128] [--inputs full padded] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import torch
 import bitops
 from bitops._timing import interleaved_median_ms
 from bitops.demo import SENTENCES, encoder_linear, fake_quant_copy, model_dir
+from kd.models import ATTN_IMPLEMENTATION
 from _report import pin_threads, write_results
 
 
@@ -50,15 +59,28 @@ def build_models():
     for model in (fused, ternary):
         bitops.fuse_gelu_(model)
         bitops.fuse_qkv_(model)
+    fused_attention = copy.deepcopy(fused)
+    for model in (fused_attention, ternary):
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
     models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, fused": fused,
-              "W2A8 packed, fused": ternary}
+              "W1A8 packed, fused + attention": fused_attention, "W2A8 packed, fused + attention": ternary}
     return tok, models, fakes
+
+
+def texts_for(kind: str, batch: int, tok, seq_len: int):
+    """``batch`` texts: "padded", one demo sentence each; "full", the sentences one after another
+    from a different start per row, long enough to fill ``seq_len`` tokens."""
+    if kind == "padded":
+        return (SENTENCES * (batch // len(SENTENCES) + 1))[:batch]
+    per_text = seq_len // min(len(tok(s)["input_ids"]) for s in SENTENCES) + 1
+    return [" ".join(SENTENCES[(i + j) % len(SENTENCES)] for j in range(per_text)) for i in range(batch)]
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--inputs", nargs="+", choices=["full", "padded"], default=["full", "padded"])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--compile", action="store_true",
@@ -70,9 +92,10 @@ def main(argv=None) -> None:
     if args.compile:
         models["W1A8 packed, fused, compiled"] = torch.compile(models["W1A8 packed, fused"], fullgraph=True)
     records = []
-    for b in args.batches:
-        texts = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
+    for b, inputs in ((b, kind) for kind in args.inputs for b in args.batches):
+        texts = texts_for(inputs, b, tok, args.seq_len)
         batch = tok(texts, padding="max_length", truncation=True, max_length=args.seq_len, return_tensors="pt")
+        tokens = int(batch["attention_mask"].sum())
         with torch.inference_mode():
             # Round-robin over the models, so that the machine's drift does not enter their ratios.
             calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
@@ -83,15 +106,15 @@ def main(argv=None) -> None:
                      for name in models if name[:4] in want}
         for name, ms in times.items():
             d = diffs.get(name)
-            records.append({"batch": b, "seq_len": args.seq_len, "model": name, "ms": ms,
+            records.append({"batch": b, "seq_len": args.seq_len, "inputs": inputs, "real_tokens": tokens, "model": name, "ms": ms,
                             "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms,
                             "max_diff_vs_fake_quant": "" if d is None else f"{float(d.max()):.3e}",
                             "mean_diff_vs_fake_quant": "" if d is None else f"{float(d.mean()):.3e}"})
     lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats} interleaved rounds, torch {torch.__version__}, "
              f"bitops CPU path {bitops.cpu_isa()}", "",
-             "| batch x tokens | model | ms | vs fp32 | vs int8 | vs fake-quant: max / mean abs diff |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} x {r['seq_len']} | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x | "
+             "| batch x tokens | inputs (real tokens) | model | ms | vs fp32 | vs int8 | vs fake-quant: max / mean abs diff |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} x {r['seq_len']} | {r['inputs']} ({r['real_tokens']}) | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x | "
               + (f"{r['max_diff_vs_fake_quant']} / {r['mean_diff_vs_fake_quant']} |" if r["max_diff_vs_fake_quant"] else "|")
               for r in records]
     write_results(args.out_dir, "e2e", records, "\n".join(lines) + "\n")
@@ -101,11 +124,12 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(args.batches), figsize=(5.5 * len(args.batches), 3.8))
-        for ax, b in zip(axes if len(args.batches) > 1 else [axes], args.batches):
-            rs = [r for r in records if r["batch"] == b]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#a4c", "#c48"][: len(rs)])
-            ax.set_title(f"batch {b} x {args.seq_len}, 1 thread")
+        panels = [(b, kind) for kind in args.inputs for b in args.batches]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+        for ax, (b, kind) in zip(axes[0], panels):
+            rs = [r for r in records if r["batch"] == b and r["inputs"] == kind]
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#2a6", "#c48"][: len(rs)])
+            ax.set_title(f"batch {b} x {args.seq_len}, {kind} inputs, 1 thread")
             ax.set_ylabel("ms")
             ax.tick_params(axis="x", labelrotation=30)
         fig.tight_layout()

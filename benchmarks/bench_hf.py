@@ -6,7 +6,7 @@ the CLI's quantization (1-bit attention/FFN/pooler/word embeddings, 8-bit per-to
 random init (the packed kernels' speed does not depend on the weight values). It is exported with
 kd.export.export_student, then loaded with AutoModelForSequenceClassification.from_pretrained:
 
-  eager          as loaded (kd's eager attention, the default of a bitbert load)
+  eager          as loaded (kd's attention, the default of a bitbert load: bitops.attention in eval)
   eager sdpa     from_pretrained(..., attn_implementation="sdpa")
   compiled       torch.compile(eager model, fullgraph=True); the first call compiles (not timed)
 

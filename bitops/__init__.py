@@ -9,6 +9,8 @@ inference.
 * ``bitops.quantize_(model, BinaryConfig())``: swap a model's Linear layers in place;
   ``bitops.fuse_gelu_(model)`` then folds each FFN's GELU into the next layer's input quantization,
   ``bitops.fuse_qkv_(model)`` runs each attention's query, key and value as one GEMM.
+* ``bitops.attention(query, key, value, attn_mask, scale)``: the float attention of an inference
+  forward (softmax(q k^T * scale + mask) v) on a CPU kernel; ``kd``'s BERT attention calls it.
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA ker
 __all__ = [
     "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "TernaryEmbedding",
     "SplitBinaryLinear", "SplitBinaryEmbedding", "tws_split_", "tws_weights", "BinaryConfig", "TernaryConfig",
-    "quantize_", "fuse_gelu_", "fuse_qkv_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
+    "quantize_", "fuse_gelu_", "fuse_qkv_", "attention", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"
 
@@ -44,6 +46,25 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Exact inverse of :func:`pack`: int32 words (..., W) -> int8 codes (..., k)."""
     return ops.unpack_bits(packed, bits, k)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attn_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """``softmax(query @ key.T * scale + attn_mask) @ value``, as
+    ``torch.nn.functional.scaled_dot_product_attention`` (no dropout, not causal).
+
+    query (B, H, Lq, D), key (B, H, Lk, D), value (B, H, Lk, Dv), float32/bf16/fp16 (computed in
+    float32). ``attn_mask``: bool (True: attend) or query's dtype (added), broadcastable to
+    (B, H, Lq, Lk). ``scale`` defaults to D ** -0.5. A row with every key masked gives zeros.
+    Returns (B, H, Lq, Dv) in query's dtype, as a view of (B, Lq, H, Dv) memory, so
+    ``out.transpose(1, 2).reshape(B, Lq, H * Dv)`` (merging the heads) is free.
+
+    On CPU a kernel computes each tile's scores, softmax and output in cache, without the (Lq, Lk)
+    matrix. It has no backward: when a gradient is needed, the pure-torch reference
+    (:func:`bitops.reference.attention`) runs instead, so training works (at eager speed)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, value, attn_mask)):
+        return reference.attention(query, key, value, attn_mask, scale)
+    return ops.attention(query, key, value, attn_mask, scale)
 
 
 def set_cpu_isa(isa: str) -> None:

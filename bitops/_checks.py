@@ -167,6 +167,32 @@ def check_quantize_rows(x: torch.Tensor, bits: int, activation: str = "none") ->
     check_dim("x", x, 2, "(M, K) float activations")
 
 
+def check_attention(query, key, value, attn_mask=None, scale=None) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_dim(name, t, 4, "(batch, heads, length, head_dim)")
+    check_dtype("query", query, *FLOAT_ACTIVATION_DTYPES)
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            _fail(f"{name} has dtype {t.dtype}; expected {query.dtype} (query's dtype)")
+    check_same_device(query=query, key=key, value=value)
+    b, h, _, d = query.shape
+    if (key.shape[0], key.shape[1], key.shape[3]) != (b, h, d):
+        _fail(f"key has shape {tuple(key.shape)}; expected ({b}, {h}, Lk, {d}): query's batch, heads and head_dim")
+    if tuple(value.shape[:3]) != tuple(key.shape[:3]):
+        kb, kh, kl = key.shape[:3]
+        _fail(f"value has shape {tuple(value.shape)}; expected ({kb}, {kh}, {kl}, Dv): key's batch, heads and length")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        _fail(f"scale={scale!r}; expected a float or None (head_dim ** -0.5)")
+    if attn_mask is None:
+        return
+    if attn_mask.dtype not in (torch.bool, query.dtype):
+        _fail(f"attn_mask has dtype {attn_mask.dtype}; expected torch.bool or {query.dtype} (query's dtype)")
+    check_same_device(query=query, attn_mask=attn_mask)
+    want = (b, h, query.shape[2], key.shape[2])
+    if attn_mask.dim() > 4 or any(m not in (1, w) for m, w in zip(reversed(attn_mask.shape), reversed(want))):
+        _fail(f"attn_mask has shape {tuple(attn_mask.shape)}; expected a shape broadcastable to {want}: (batch, heads, Lq, Lk)")
+
+
 def check_codes(codes: torch.Tensor, bits: int, data: bool = True) -> None:
     check_bits(bits)
     check_dtype("codes", codes, torch.int8)

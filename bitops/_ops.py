@@ -63,3 +63,14 @@ torch.library.impl("bitops::packed_gemv_int8", "CompositeExplicitAutograd")(refe
 def _packed_linear_grad_input_fake(grad_output, packed_weight, weight_scale, bits, in_features, group_size):
     _checks.check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features, group_size, data=False)
     return grad_output.new_empty((grad_output.shape[0], in_features))
+
+
+@torch.library.register_fake("bitops::attention")
+def _attention_fake(query, key, value, attn_mask=None, scale=None):
+    _checks.check_attention(query, key, value, attn_mask, scale)
+    b, h, lq, _ = query.shape
+    return query.new_empty((b, lq, h, value.shape[-1])).transpose(1, 2)
+
+
+# A CPU kernel only: on other devices the op is its reference (there, torch's own SDPA is the fast path).
+torch.library.impl("bitops::attention", "CompositeExplicitAutograd")(reference.attention)

@@ -160,6 +160,28 @@ def packed_linear_grad_input(grad_output, packed_weight, weight_scale, bits: int
     return (grad_output.to(torch.float32) @ w).to(grad_output.dtype)
 
 
+def attention(query, key, value, attn_mask=None, scale=None) -> torch.Tensor:
+    """``softmax(query @ key.T * scale + attn_mask) @ value`` in float32, returned in query's dtype.
+
+    query (B, H, Lq, D), key (B, H, Lk, D), value (B, H, Lk, Dv). ``attn_mask``: bool (True: attend)
+    or query's dtype (added to the scores), broadcastable to (B, H, Lq, Lk). ``scale`` defaults to
+    D ** -0.5. A row with every key masked gives zeros (torch's SDPA on CPU does the same). The
+    result (B, H, Lq, Dv) is a view of (B, Lq, H, Dv) memory: ``out.transpose(1, 2)`` is contiguous,
+    so merging the heads afterwards costs no copy."""
+    _checks.check_attention(query, key, value, attn_mask, scale)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = (query.float() @ key.float().transpose(-1, -2)) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.float()
+    all_masked = (scores == float("-inf")).all(dim=-1, keepdim=True)
+    probs = torch.where(all_masked, 0.0, scores.softmax(dim=-1))
+    out = probs @ value.float()
+    return out.transpose(1, 2).contiguous().transpose(1, 2).to(query.dtype)
+
+
 class FakeQuantLinear(torch.nn.Module):
     """Pure-torch reference of a packed layer: the same quantizers, dense float arithmetic.
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 namespace bitops {
 
@@ -217,6 +218,39 @@ inline int64_t check_grad_input_args(const at::Tensor& grad_output, const at::Te
   check_same_device("grad_output", grad_output, "packed_weight", w);
   check_same_device("weight_scale", w_scale, "packed_weight", w);
   return n;
+}
+
+// query (B, H, Lq, D), key (B, H, Lk, D), value (B, H, Lk, Dv), one float dtype; attn_mask bool
+// (True: attend) or query's dtype (added to the scores), broadcastable to (B, H, Lq, Lk).
+inline void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const std::optional<at::Tensor>& mask) {
+  const std::pair<const char*, const at::Tensor*> named[] = {{"query", &q}, {"key", &k}, {"value", &v}};
+  for (const auto& [name, t] : named) {
+    TORCH_CHECK_VALUE(t->dim() == 4, name, " has ", t->dim(), " dimensions (shape ", shape_str(*t),
+                      "); expected 4: (batch, heads, length, head_dim)");
+  }
+  check_float_activation("query", q);
+  for (const auto& [name, t] : {named[1], named[2]}) {
+    TORCH_CHECK_VALUE(t->scalar_type() == q.scalar_type(), name, " has dtype ", py_dtype(t->scalar_type()),
+                      "; expected ", py_dtype(q.scalar_type()), " (query's dtype)");
+    check_same_device(name, *t, "query", q);
+  }
+  TORCH_CHECK_VALUE(k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3), "key has shape ",
+                    shape_str(k), "; expected (", q.size(0), ", ", q.size(1), ", Lk, ", q.size(3),
+                    "): query's batch, heads and head_dim");
+  TORCH_CHECK_VALUE(v.size(0) == k.size(0) && v.size(1) == k.size(1) && v.size(2) == k.size(2), "value has shape ",
+                    shape_str(v), "; expected (", k.size(0), ", ", k.size(1), ", ", k.size(2),
+                    ", Dv): key's batch, heads and length");
+  if (!mask.has_value()) return;
+  const at::Tensor& m = *mask;
+  TORCH_CHECK_VALUE(m.scalar_type() == at::kBool || m.scalar_type() == q.scalar_type(), "attn_mask has dtype ",
+                    py_dtype(m.scalar_type()), "; expected torch.bool or ", py_dtype(q.scalar_type()), " (query's dtype)");
+  check_same_device("attn_mask", m, "query", q);
+  const int64_t want[4] = {q.size(0), q.size(1), q.size(2), k.size(2)};
+  bool ok = m.dim() <= 4;
+  for (int64_t i = 1; ok && i <= m.dim(); ++i) ok = m.size(-i) == 1 || m.size(-i) == want[4 - i];
+  TORCH_CHECK_VALUE(ok, "attn_mask has shape ", shape_str(m), "; expected a shape broadcastable to (", want[0], ", ",
+                    want[1], ", ", want[2], ", ", want[3], "): (batch, heads, Lq, Lk)");
 }
 
 }  // namespace bitops

@@ -27,6 +27,11 @@ inline constexpr const char* kSchemas[] = {
   // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row. activation
   // "gelu" quantizes gelu(x) (erf form, torch's arithmetic) instead of x, without materializing it.
   "quantize_rows_int8(Tensor x, int bits, str activation=\"none\") -> (Tensor, Tensor)",
+  // out = softmax(query key^T * scale + attn_mask) value, float: query (B, H, Lq, D), key (B, H, Lk, D),
+  // value (B, H, Lk, Dv); attn_mask bool (True: attend) or query's dtype (added), broadcastable to
+  // (B, H, Lq, Lk); scale defaults to D^-0.5; a row with every key masked gives zeros. out (B, H, Lq, Dv)
+  // is a view of (B, Lq, H, Dv) memory (out.transpose(1, 2) is contiguous). CPU kernel; elsewhere the reference.
+  "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, float? scale=None) -> Tensor",
   // grad_input (M, K) = grad_output (M, N) times dequantized W (N, K): the backward of the two above.
   "packed_linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, int bits, "
       "int in_features, int group_size) -> Tensor",

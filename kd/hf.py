@@ -19,9 +19,10 @@ frozen packed layers (:class:`bitops.BinaryLinear`, :class:`bitops.TernaryLinear
 weight exists at any point. ``save_pretrained`` writes the same tensors and a config with the new
 tensors' sha256.
 
-The model defaults to kd's eager attention (``kd.models.ATTN_IMPLEMENTATION``), the one the
-students are distilled with and :func:`kd.export.load_exported` uses, so both loaders give the
-same outputs bit for bit; pass ``attn_implementation="sdpa"`` to ``from_pretrained`` for speed.
+The model defaults to kd's attention (``kd.models.ATTN_IMPLEMENTATION``), the one
+:func:`kd.export.load_exported` uses, so both loaders give the same outputs bit for bit: in eval
+mode on CPU it runs :func:`bitops.attention` (faster than torch's SDPA, and it skips padded keys),
+otherwise the students' eager attention; ``attn_implementation="sdpa"`` agrees to float rounding.
 """
 from __future__ import annotations
 

@@ -81,7 +81,16 @@ _capture = _Capture()
 def capturing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """Eager BERT attention (transformers' ``eager_attention_forward``) that also records the
     pre-softmax scores ``Q K^T * scaling`` (B, H, T, T), before the mask is added, when a
-    :func:`capture_attention_scores` block is active. Accepts additive float or boolean masks."""
+    :func:`capture_attention_scores` block is active. Accepts additive float or boolean masks.
+
+    A CPU model in eval mode, with no capture active and no ``output_attentions``, runs
+    :func:`bitops.attention` instead (the same math, float32 rounding apart; a backward, if one is
+    needed, goes through its torch reference) and returns no attention weights."""
+    fast = _capture.scores is None and not kwargs.get("output_attentions") and not module.training
+    if fast and query.device.type == "cpu":
+        # Inference on CPU: bitops' attention kernel (scores in cache, masked keys skipped). It
+        # returns (B, H, T, D) as a view of (B, T, H, D) memory, so the head merge after it is free.
+        return bitops.attention(query, key, value, attention_mask, scaling).transpose(1, 2), None
     if scaling is None:
         scaling = query.size(-1) ** -0.5
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling

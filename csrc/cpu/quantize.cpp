@@ -15,6 +15,7 @@
 
 #include "../checks.h"
 #include "isa.h"
+#include "vec_math.h"
 
 #if BITOPS_X86
 #include <immintrin.h>
@@ -36,29 +37,6 @@ constexpr float kSqrtHalf = static_cast<float>(M_SQRT1_2);
 float gelu_portable(float x) { return x * 0.5f * (1.f + std::erf(x * kSqrtHalf)); }
 
 #if BITOPS_X86
-// exp(a) for a <= 0: a = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness, Cody & Waite),
-// exp(r) by its Taylor series to r^7 (truncation < 6e-9 relative), times 2^n through the exponent
-// bits. Below -87.3 the result would leave float's normal range; it is clamped there (exp ~ 1e-38,
-// which no GELU value can tell from 0).
-// Both inlined into the row loop (a call per vector cost ~20% of the GELU).
-__attribute__((target("avx2,fma"), always_inline)) inline __m256 exp_nonpositive_avx2(__m256 a) {
-  a = _mm256_max_ps(a, _mm256_set1_ps(-87.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), a);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.f / 5040.f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-}
-
 __attribute__((target("avx2,fma"), always_inline)) inline __m256 gelu_avx2(__m256 x) {
   // erf(z) = sign(z) (1 - poly(t) t exp(-z^2)), t = 1 / (1 + 0.3275911 |z|), z = x / sqrt(2).
   const __m256 sign_bit = _mm256_set1_ps(-0.f), one = _mm256_set1_ps(1.f);

@@ -147,7 +147,9 @@ TORCH_LIBRARY_IMPL(bitops, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
 TORCH_LIBRARY(bitops_cuda, m) {
   for (const char* schema : kSchemas) {
     const std::string_view s(schema);
-    if (s.rfind("quantize_rows_int8", 0) != 0 && s.rfind("packed_gemv_int8", 0) != 0) m.def(schema);  // CPU-only ops
+    const bool cpu_only = s.rfind("quantize_rows_int8", 0) == 0 || s.rfind("packed_gemv_int8", 0) == 0 ||
+                          s.rfind("attention", 0) == 0;
+    if (!cpu_only) m.def(schema);
   }
 }
 TORCH_LIBRARY_IMPL(bitops_cuda, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
