@@ -91,14 +91,16 @@ void attend_rows_portable(const Attention& a, int64_t b, int64_t h, int64_t i0, 
 #if BITOPS_X86
 #define BITOPS_TARGET_FMA __attribute__((target("avx2,fma")))
 
-// One head's operands, packed: kt (D, lk_pad) = key transposed, vp (Lk, dv_pad) = value; zero padded.
+// One head's operands: kt (D, lk_pad) = key transposed, zero padded; value rows read at v + j * v_stride,
+// in place when Dv is a multiple of 16 (BERT's 32 and 64), else from vp (Lk, dv_pad), zero padded.
 struct PackedHead {
-  int64_t lk_pad = 0, dv_pad = 0;
+  int64_t lk_pad = 0, dv_pad = 0, v_stride = 0;
+  const float* v = nullptr;
   std::vector<float> kt, vp, scores;  // scores: (kTileRows, lk_pad), the tile's scores, then its exps
 };
 
 // dst[c * ld + j] = rows[j][c] for an 8 x 8 block: eight rows of 8 floats in, eight columns out.
-BITOPS_TARGET_FMA void transpose8x8(const float* const* rows, float* dst, int64_t ld) {
+__attribute__((target("avx2,fma"), always_inline)) inline void transpose8x8(const float* const* rows, float* dst, int64_t ld) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i]);
   for (int i = 0; i < 8; i += 2) {
@@ -117,11 +119,10 @@ BITOPS_TARGET_FMA void transpose8x8(const float* const* rows, float* dst, int64_
   }
 }
 
-void pack_head(const Attention& a, int64_t b, int64_t h, PackedHead& p) {
+BITOPS_TARGET_FMA void pack_head(const Attention& a, int64_t b, int64_t h, PackedHead& p) {
   p.lk_pad = round_up(std::max<int64_t>(a.lk, 1), kTileCols);
   p.dv_pad = round_up(a.dv, kTileCols);
   p.kt.resize(a.d * p.lk_pad);
-  p.vp.resize(a.lk * p.dv_pad);
   p.scores.resize(kTileRows * p.lk_pad);
   // key transposed, 8 x 8 blocks through registers (element by element it took ~1/5 of the kernel).
   const int64_t lk8 = a.lk / 8 * 8, d8 = a.d / 8 * 8;
@@ -138,11 +139,17 @@ void pack_head(const Attention& a, int64_t b, int64_t h, PackedHead& p) {
     for (int64_t c = j < lk8 ? d8 : 0; c < a.d; ++c) p.kt[c * p.lk_pad + j] = k[c];
   }
   for (int64_t c = 0; c < a.d; ++c) std::fill(p.kt.begin() + c * p.lk_pad + a.lk, p.kt.begin() + (c + 1) * p.lk_pad, 0.f);
+  if (a.dv == p.dv_pad) {  // copying the value rows took ~3% of the kernel
+    p.v = a.v_row(b, h, 0), p.v_stride = a.v_sl;
+    return;
+  }
+  p.vp.resize(a.lk * p.dv_pad);
   for (int64_t j = 0; j < a.lk; ++j) {
     float* row = p.vp.data() + j * p.dv_pad;
     std::memcpy(row, a.v_row(b, h, j), a.dv * sizeof(float));
     std::fill(row + a.dv, row + p.dv_pad, 0.f);
   }
+  p.v = p.vp.data(), p.v_stride = p.dv_pad;
 }
 
 // scores[:, j0:j1] (R rows of lk_pad) = q (R rows of D) times kt: R x 16 sums in registers per step.
@@ -241,18 +248,18 @@ BITOPS_TARGET_FMA float softmax_row(const Attention& a, int64_t mask_offset, flo
   return 1.f / hsum8(vsum);
 }
 
-// out rows (R, Dv) = (exps[:, j0:j1] times vp[j0:j1]) * inv: R x 16 sums in registers per step.
+// out rows (R, Dv) = (exps[:, j0:j1] times value rows [j0, j1)) * inv: R x 16 sums in registers per step.
 template <int R>
 BITOPS_TARGET_FMA void tile_output(const float* exps, int64_t j0, int64_t j1, const PackedHead& p, const float* inv,
                                    float* const* out, int64_t dv) {
-  const int64_t lk_pad = p.lk_pad, dv_pad = p.dv_pad;
+  const int64_t lk_pad = p.lk_pad, dv_pad = p.dv_pad, v_stride = p.v_stride;
   const float* e[R];  // hoisted: indexing exps + r * lk_pad in the loop cost ~2x in address arithmetic
   for (int r = 0; r < R; ++r) e[r] = exps + r * lk_pad;
   for (int64_t c0 = 0; c0 < dv_pad; c0 += kTileCols) {
     __m256 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    const float* vr = p.vp.data() + j0 * dv_pad + c0;
-    for (int64_t j = j0; j < j1; ++j, vr += dv_pad) {
+    const float* vr = p.v + j0 * v_stride + c0;
+    for (int64_t j = j0; j < j1; ++j, vr += v_stride) {
       const __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8);
       for (int r = 0; r < R; ++r) {
         const __m256 eb = _mm256_broadcast_ss(e[r] + j);
