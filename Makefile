@@ -66,9 +66,10 @@ demo: setup
 binarize-demo: setup
 	$(PY) -m bitops.demo
 
-# Kernel table and plot, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
+# Kernel table and plot, attention, end-to-end latency, pytest-benchmark microbenchmarks: benchmarks/results/.
 bench: setup
 	$(PY) benchmarks/bench_gemm.py
+	$(PY) benchmarks/bench_attention.py
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) -m pytest -q benchmarks/test_micro.py --benchmark-only --benchmark-columns=median,ops \
 		--benchmark-json=benchmarks/results/micro.json

@@ -57,6 +57,13 @@ def test_torch_gelu_then_quantize(benchmark, m, k):  # what activation="gelu" re
     benchmark(lambda x: ops.quantize_rows_int8(torch.nn.functional.gelu(x), 8), torch.randn(m, k))
 
 
+@pytest.mark.parametrize("impl", ["bitops", "sdpa"])
+def test_attention(benchmark, impl):  # MiniLM's: 12 heads of 32, 128 tokens, head views of (1, 128, 12, 32)
+    q, k, v = (torch.randn(1, 128, 12, 32).transpose(1, 2) for _ in range(3))
+    fn = bitops.attention if impl == "bitops" else torch.nn.functional.scaled_dot_product_attention
+    benchmark(lambda: fn(q, k, v).transpose(1, 2).reshape(1, 128, 384))
+
+
 @pytest.mark.parametrize("bits", [1, 2])
 def test_pack_unpack(benchmark, bits):
     codes = torch.randint(-1, 2, (3072, 768), dtype=torch.int8) if bits == 2 else \
