@@ -206,21 +206,26 @@ def predict(model_dir: str, texts: Sequence[str], batch_size: int = 32, max_leng
     """Run the exported model in ``model_dir`` on ``texts`` (what ``bitbert predict`` prints).
 
     Returns one dict per text: ``{"label": name or index, "score": probability}`` for classification,
-    ``{"score": value}`` for regression. Texts are tokenized in batches of ``batch_size``, truncated to
-    ``max_length`` tokens, and run on the packed kernels."""
+    ``{"score": value}`` for regression, in the order of ``texts``. Texts are truncated to
+    ``max_length`` tokens and run on the packed kernels in batches of ``batch_size`` texts of similar
+    length (sorted by token count), so that a batch pads little."""
     model, tok, meta = load_exported(model_dir)
     labels = meta["task"].get("labels") or []
     regression = meta["task"].get("task_type") == "regression"
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tok(list(texts[start:start + batch_size]), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    fields = ("input_ids", "token_type_ids", "attention_mask")
+    enc = tok(list(texts), truncation=True, max_length=max_length)
+    order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
+    out: List[dict] = [{}] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tok.pad({k: [enc[k][i] for i in rows] for k in fields if k in enc}, return_tensors="pt")
         with torch.no_grad():
-            logits = model(**{k: v for k, v in enc.items() if k in ("input_ids", "token_type_ids", "attention_mask")}).logits
-        for row in logits:
+            logits = model(**batch).logits
+        for i, row in zip(rows, logits):
             if regression:
-                out.append({"score": float(row[0])})
+                out[i] = {"score": float(row[0])}
             else:
                 probs = row.softmax(-1)
                 k = int(probs.argmax())
-                out.append({"label": labels[k] if k < len(labels) else k, "score": float(probs[k])})
+                out[i] = {"label": labels[k] if k < len(labels) else k, "score": float(probs[k])}
     return out

@@ -70,6 +70,18 @@ def test_export_reload_reproduces_predictions(tiny_run):
     assert all(m.frozen for m in loaded.modules() if hasattr(m, "frozen"))
 
 
+def test_predict_batches_by_length_and_keeps_the_order(tiny_run):
+    # Texts of mixed lengths, batched two at a time by token count: each result is the text's own,
+    # in input order (what it gets alone, to float rounding: its batch pads it differently).
+    _, data, _, x_res = tiny_run
+    texts = [e.text for e in data.dev[:7]] + ["ok", data.dev[0].text + " " + data.dev[1].text]
+    batched = export.predict(x_res["export"], texts, batch_size=2)
+    alone = [export.predict(x_res["export"], [t], batch_size=1)[0] for t in texts]
+    assert len(batched) == len(texts)
+    for b, a in zip(batched, alone):
+        assert b["label"] == a["label"] and abs(b["score"] - a["score"]) < 1e-5
+
+
 def test_init_student_continues_the_quantized_stage(tiny_run, tmp_path):
     # A second run from the first one's 1bit-student/ starts from its best weights (the first
     # evaluation of a stage at lr 1e-12 scores exactly what that student scored), skips the
