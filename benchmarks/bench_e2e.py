@@ -10,8 +10,8 @@ four forms, measured in one run, one thread pinned, medians:
                the same after bitops.fuse_gelu_ (each FFN's GELU inside the next layer's quantization)
                and bitops.fuse_qkv_ (each attention's query, key and value as one GEMM)
   W1A8 packed, fused + attention
-               the same with kd's attention, which runs bitops.attention in inference: what
-               kd.load_exported and from_pretrained give
+               the same after bitops.use_attention_kernel_ (attention on bitops.attention's CPU
+               kernel in inference): what kd.load_exported and from_pretrained give
   W2A8 packed, fused + attention
                the same with frozen bitops.TernaryLinear (2-bit ternary weights, TernaryBERT / BinaryBERT's
                ternary stage)
@@ -38,7 +38,6 @@ import torch
 import bitops
 from bitops._timing import interleaved_median_ms
 from bitops.demo import SENTENCES, encoder_linear, fake_quant_copy, model_dir
-from kd.models import ATTN_IMPLEMENTATION
 from _report import pin_threads, write_results
 
 
@@ -61,7 +60,7 @@ def build_models():
         bitops.fuse_qkv_(model)
     fused_attention = copy.deepcopy(fused)
     for model in (fused_attention, ternary):
-        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        bitops.use_attention_kernel_(model)
     models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, fused": fused,
               "W1A8 packed, fused + attention": fused_attention, "W2A8 packed, fused + attention": ternary}
     return tok, models, fakes

@@ -10,7 +10,8 @@ inference.
   ``bitops.fuse_gelu_(model)`` then folds each FFN's GELU into the next layer's input quantization,
   ``bitops.fuse_qkv_(model)`` runs each attention's query, key and value as one GEMM.
 * ``bitops.attention(query, key, value, attn_mask, scale)``: the float attention of an inference
-  forward (softmax(q k^T * scale + mask) v) on a CPU kernel; ``kd``'s BERT attention calls it.
+  forward (softmax(q k^T * scale + mask) v) on a CPU kernel; ``bitops.use_attention_kernel_(model)``
+  makes a transformers model's attention use it (``kd``'s BERT attention calls it already).
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
 from ._ops import ops
-from .api import BinaryConfig, TernaryConfig, fuse_gelu_, fuse_qkv_, quantize_
+from .api import BinaryConfig, TernaryConfig, fuse_gelu_, fuse_qkv_, quantize_, use_attention_kernel_
 from .embedding import BinaryEmbedding, TernaryEmbedding
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
@@ -29,7 +30,7 @@ from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA ker
 __all__ = [
     "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "TernaryEmbedding",
     "SplitBinaryLinear", "SplitBinaryEmbedding", "tws_split_", "tws_weights", "BinaryConfig", "TernaryConfig",
-    "quantize_", "fuse_gelu_", "fuse_qkv_", "attention", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
+    "quantize_", "fuse_gelu_", "fuse_qkv_", "attention", "use_attention_kernel_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"
 

@@ -83,11 +83,10 @@ def capturing_attention(module, query, key, value, attention_mask, scaling=None,
     pre-softmax scores ``Q K^T * scaling`` (B, H, T, T), before the mask is added, when a
     :func:`capture_attention_scores` block is active. Accepts additive float or boolean masks.
 
-    A CPU model in eval mode, with no capture active and no ``output_attentions``, runs
-    :func:`bitops.attention` instead (the same math, float32 rounding apart; a backward, if one is
-    needed, goes through its torch reference) and returns no attention weights."""
-    fast = _capture.scores is None and not kwargs.get("output_attentions") and not module.training
-    if fast and query.device.type == "cpu":
+    With no capture active, where :func:`bitops.api.attention_kernel_applies` (CPU, eval mode, no
+    ``output_attentions``) it runs :func:`bitops.attention` instead (the same math, float32 rounding
+    apart; a backward, if one is needed, goes through its torch reference) and returns no weights."""
+    if _capture.scores is None and bitops.api.attention_kernel_applies(module, query, attention_mask, kwargs):
         # Inference on CPU: bitops' attention kernel (scores in cache, masked keys skipped). It
         # returns (B, H, T, D) as a view of (B, T, H, D) memory, so the head merge after it is free.
         return bitops.attention(query, key, value, attention_mask, scaling).transpose(1, 2), None

@@ -241,3 +241,50 @@ def test_kd_attention_uses_the_kernel_in_eval_only(monkeypatch):
     model.train()
     model(input_ids=ids, attention_mask=mask).logits.sum().backward()
     assert len(calls) == 2
+
+
+def tiny_bert(**kw):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+    return BertModel(cfg).eval()
+
+
+def test_use_attention_kernel_on_a_transformers_model(monkeypatch):
+    model = tiny_bert()
+    ids = torch.randint(5, 100, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.int64)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).last_hidden_state  # transformers' SDPA
+    assert bitops.use_attention_kernel_(model) is model and model.config._attn_implementation == "bitops"
+    calls = []
+    real = bitops.attention
+    monkeypatch.setattr(bitops, "attention", lambda *a, **kw: calls.append(a[3]) or real(*a, **kw))
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        alone = model(input_ids=ids[1:2, :6]).last_hidden_state
+    assert len(calls) == 4 and calls[0].dtype == torch.bool and calls[2] is None  # the padding mask reached it
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1, :6], alone[0], rtol=1e-5, atol=1e-5)
+    model.train()  # training: transformers' SDPA, with gradients
+    model(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    assert len(calls) == 4
+    with pytest.raises(TypeError, match=r"model is a Linear; expected a transformers PreTrainedModel"):
+        bitops.use_attention_kernel_(torch.nn.Linear(2, 2))
+
+
+def test_attention_kernel_applies_only_where_it_can():
+    from bitops.api import attention_kernel_applies
+
+    encoder = tiny_bert().encoder.layer[0].attention.self
+    q = torch.randn(1, 4, 5, 16)
+    assert attention_kernel_applies(encoder, q, None, {})
+    assert not attention_kernel_applies(encoder, q, None, {"output_attentions": True})
+    assert not attention_kernel_applies(encoder.train(), q, None, {})
+    decoder = tiny_bert(is_decoder=True).encoder.layer[0].attention.self
+    assert not attention_kernel_applies(decoder, q, None, {})  # causal with no mask: SDPA makes the mask
+    assert attention_kernel_applies(decoder, q, torch.ones(1, 1, 5, 5, dtype=torch.bool), {})
+    assert attention_kernel_applies(decoder, q[:, :, :1], None, {})  # one query row: nothing to hide
