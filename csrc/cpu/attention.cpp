@@ -3,12 +3,13 @@
 // dim 32-64, 128 tokens) torch's SDPA spends most of its time outside the multiplies (~20 GMAC/s
 // here); this kernel keeps each tile's scores in L1 and never writes the (Lq, Lk) matrix out.
 //
-// One task per (batch, head, block of query rows). A task packs its head's key transposed (D, Lk)
-// and its value (Lk, Dv) into contiguous zero-padded buffers, then, per tile of kTileRows query rows:
-// scores = q K^T (a register-blocked multiply, kTileRows x 16 sums per step), scaled and masked, their
-// softmax (max, exp, sum), and out = (p V) / sum. The output is written as (B, Lq, H, Dv) memory and
-// returned as its (B, H, Lq, Dv) view, so merging the heads after it (BERT's transpose + reshape) is free.
-// A row whose keys are all masked gives zeros, as torch's SDPA on CPU does.
+// One task per (batch, head, block of query rows). A task packs its head's key transposed (D, Lk),
+// zero padded (its value rows are read in place, or packed when Dv is not a multiple of 16), then,
+// per tile of kTileRows query rows: scores = q K^T (a register-blocked multiply, kTileRows x 16 sums
+// per step), scaled and masked, their softmax (max, exp, sum), and out = (p V) / sum. Keys that a
+// boolean mask hides from every row of the tile are skipped. The output is written as (B, Lq, H, Dv)
+// memory and returned as its (B, H, Lq, Dv) view, so merging the heads after it (BERT's transpose +
+// reshape) is free. A row whose keys are all masked gives zeros, as torch's SDPA on CPU does.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
