@@ -123,14 +123,17 @@ def main(argv=None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        panels = [(b, kind) for kind in args.inputs for b in args.batches]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-        for ax, (b, kind) in zip(axes[0], panels):
+        # One row of panels per input kind, one column per batch size.
+        fig, axes = plt.subplots(len(args.inputs), len(args.batches), figsize=(6 * len(args.batches), 4.4 * len(args.inputs)),
+                                 squeeze=False)
+        for ax, (kind, b) in zip(axes.flat, ((kind, b) for kind in args.inputs for b in args.batches)):
             rs = [r for r in records if r["batch"] == b and r["inputs"] == kind]
             ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#2a6", "#c48"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, {kind} inputs, 1 thread")
             ax.set_ylabel("ms")
             ax.tick_params(axis="x", labelrotation=30)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
         fig.tight_layout()
         fig.savefig(os.path.join(args.out_dir, "e2e.png"), dpi=110)
     except ImportError:
