@@ -4,6 +4,7 @@ user sees one wording whichever backend runs. Every message names the argument, 
 and what was expected."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -165,6 +166,29 @@ def check_quantize_rows(x: torch.Tensor, bits: int, activation: str = "none") ->
         _fail(f"activation={activation!r} is not supported; expected 'none' or 'gelu'")
     check_dtype("x", x, *FLOAT_ACTIVATION_DTYPES)
     check_dim("x", x, 2, "(M, K) float activations")
+
+
+def check_add_layer_norm(x, residual, weight, bias, eps, bits) -> None:
+    if isinstance(bits, bool) or bits not in (4, 8):
+        _fail(f"bits={bits!r} is not supported for activations; expected 8 or 4")
+    check_dtype("x", x, *FLOAT_ACTIVATION_DTYPES)
+    check_dim("x", x, 2, "(M, K) float activations")
+    if x.shape[1] < 1:
+        _fail(f"x has shape {tuple(x.shape)}; expected K >= 1 columns to normalize")
+    if residual is not None:
+        if residual.shape != x.shape:
+            _fail(f"residual has shape {tuple(residual.shape)}; expected {tuple(x.shape)} (x's shape)")
+        if residual.dtype != x.dtype:
+            _fail(f"residual has dtype {residual.dtype}; expected {x.dtype} (x's dtype)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        check_dtype(name, t, *FLOAT_ACTIVATION_DTYPES)
+        if t.dim() != 1 or t.shape[0] != x.shape[1]:
+            _fail(f"{name} has shape {tuple(t.shape)}; expected ({x.shape[1]},) for x's K columns")
+    check_same_device(x=x, residual=residual, weight=weight, bias=bias)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        _fail(f"eps={eps!r}; expected a finite float >= 0")
 
 
 def check_attention(query, key, value, attn_mask=None, scale=None) -> None:

@@ -59,6 +59,17 @@ torch.library.impl("bitops::quantize_rows_int8", "CompositeExplicitAutograd")(re
 torch.library.impl("bitops::packed_gemv_int8", "CompositeExplicitAutograd")(reference.packed_gemv_int8)
 
 
+@torch.library.register_fake("bitops::add_layer_norm_int8")
+def _add_layer_norm_int8_fake(x, residual, weight, bias, eps, bits):
+    _checks.check_add_layer_norm(x, residual, weight, bias, eps, bits)
+    return (x.new_empty(x.shape, dtype=torch.float32), x.new_empty(x.shape, dtype=torch.int8),
+            x.new_empty(x.shape[:1], dtype=torch.float32))
+
+
+# A CPU kernel only: elsewhere the op is its reference.
+torch.library.impl("bitops::add_layer_norm_int8", "CompositeExplicitAutograd")(reference.add_layer_norm_int8)
+
+
 @torch.library.register_fake("bitops::packed_linear_grad_input")
 def _packed_linear_grad_input_fake(grad_output, packed_weight, weight_scale, bits, in_features, group_size):
     _checks.check_grad_input(grad_output, packed_weight, weight_scale, bits, in_features, group_size, data=False)

@@ -76,6 +76,22 @@ def quantize_rows_int8(x: torch.Tensor, bits: int, activation: str = "none"):
     return q, scale
 
 
+def add_layer_norm_int8(x, residual, weight, bias, eps: float, bits: int):
+    """``out = layer_norm(x + residual)`` over each row of (M, K) x, in float32 (``weight``, ``bias``
+    (K,) or None; ``eps``), and ``quantize_rows_int8(out, bits)``: ``(out, q, scale)``. A BERT
+    layer's add & norm and the quantization of its output for the next packed layer."""
+    _checks.check_add_layer_norm(x, residual, weight, bias, eps, bits)
+    h = x.to(torch.float32) if residual is None else x.to(torch.float32) + residual.to(torch.float32)
+    affine = [None if t is None else t.to(torch.float32) for t in (weight, bias)]
+    out = torch.nn.functional.layer_norm(h, (h.shape[1],), *affine, eps)
+    bad = ~torch.isfinite(out).all(dim=-1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(f"layer_norm(x + residual) holds non-finite values (nan or inf) in row {row}; "
+                         "expected finite x, residual, weight and bias")
+    return (out, *quantize_rows_int8(out, bits))
+
+
 def dequantize_weight(packed_weight, weight_scale, bits: int, in_features: int, group_size: int) -> torch.Tensor:
     """Dense float32 (N, K) weight ``code * weight_scale[n, k // group_size]`` (exact in float32)."""
     codes = unpack_bits(packed_weight, bits, in_features).to(torch.float32)

@@ -220,6 +220,39 @@ inline int64_t check_grad_input_args(const at::Tensor& grad_output, const at::Te
   return n;
 }
 
+inline void check_activation_bits(int64_t bits) {
+  TORCH_CHECK_VALUE(bits == 8 || bits == 4, "bits=", bits, " is not supported for activations; expected 8 or 4");
+}
+
+// x (M, K) float, K >= 1; residual x's shape and dtype; weight and bias (K,) float; eps finite, >= 0.
+inline void check_add_layer_norm_args(const at::Tensor& x, const std::optional<at::Tensor>& residual,
+                                      const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                                      double eps, int64_t bits) {
+  check_activation_bits(bits);
+  check_float_activation("x", x);
+  TORCH_CHECK_VALUE(x.dim() == 2, "x has ", x.dim(), " dimensions (shape ", shape_str(x),
+                    "); expected 2: (M, K) float activations");
+  TORCH_CHECK_VALUE(x.size(1) >= 1, "x has shape ", shape_str(x), "; expected K >= 1 columns to normalize");
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK_VALUE(r.sizes() == x.sizes(), "residual has shape ", shape_str(r), "; expected ", shape_str(x),
+                      " (x's shape)");
+    TORCH_CHECK_VALUE(r.scalar_type() == x.scalar_type(), "residual has dtype ", py_dtype(r.scalar_type()),
+                      "; expected ", py_dtype(x.scalar_type()), " (x's dtype)");
+    check_same_device("residual", r, "x", x);
+  }
+  const std::pair<const char*, const std::optional<at::Tensor>*> affine[] = {{"weight", &weight}, {"bias", &bias}};
+  for (const auto& [name, t] : affine) {
+    if (!t->has_value()) continue;
+    const at::Tensor& v = **t;
+    check_float_activation(name, v);
+    TORCH_CHECK_VALUE(v.dim() == 1 && v.size(0) == x.size(1), name, " has shape ", shape_str(v), "; expected (",
+                      x.size(1), ",) for x's K columns");
+    check_same_device(name, v, "x", x);
+  }
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps=", eps, "; expected a finite float >= 0");
+}
+
 // query (B, H, Lq, D), key (B, H, Lk, D), value (B, H, Lk, Dv), one float dtype; attn_mask bool
 // (True: attend) or query's dtype (added to the scores), broadcastable to (B, H, Lq, Lk).
 inline void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

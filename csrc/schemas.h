@@ -27,6 +27,12 @@ inline constexpr const char* kSchemas[] = {
   // scales float32 (M,)), scale = max|row| / (2^(bits-1) - 1), 1 for an all-zero row. activation
   // "gelu" quantizes gelu(x) (erf form, torch's arithmetic) instead of x, without materializing it.
   "quantize_rows_int8(Tensor x, int bits, str activation=\"none\") -> (Tensor, Tensor)",
+  // A BERT layer's "add & norm" before a packed layer, one pass over each row: out (M, K) float32 =
+  // layer_norm(x + residual) over each row (weight, bias (K,); eps), and out's codes as
+  // quantize_rows_int8(out, bits) gives them: (out, codes int8 (M, K), scales float32 (M,)).
+  // CPU kernel; elsewhere the reference.
+  "add_layer_norm_int8(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, int bits) "
+      "-> (Tensor, Tensor, Tensor)",
   // out = softmax(query key^T * scale + attn_mask) value, float: query (B, H, Lq, D), key (B, H, Lk, D),
   // value (B, H, Lk, Dv); attn_mask bool (True: attend) or query's dtype (added), broadcastable to
   // (B, H, Lq, Lk); scale defaults to D^-0.5; a row with every key masked gives zeros. out (B, H, Lq, Dv)

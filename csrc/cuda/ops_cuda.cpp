@@ -148,7 +148,7 @@ TORCH_LIBRARY(bitops_cuda, m) {
   for (const char* schema : kSchemas) {
     const std::string_view s(schema);
     const bool cpu_only = s.rfind("quantize_rows_int8", 0) == 0 || s.rfind("packed_gemv_int8", 0) == 0 ||
-                          s.rfind("attention", 0) == 0;
+                          s.rfind("attention", 0) == 0 || s.rfind("add_layer_norm_int8", 0) == 0;
     if (!cpu_only) m.def(schema);
   }
 }
