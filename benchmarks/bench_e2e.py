@@ -11,8 +11,11 @@ four forms, measured in one run, one thread pinned, medians:
                and bitops.fuse_qkv_ (each attention's query, key and value as one GEMM)
   W1A8 packed, fused + attention
                the same after bitops.use_attention_kernel_ (attention on bitops.attention's CPU
-               kernel in inference): what kd.load_exported and from_pretrained give
-  W2A8 packed, fused + attention
+               kernel in inference)
+  W1A8 packed, fused layers
+               the same after bitops.fuse_encoder_layers_ (each encoder layer one lean sequence of
+               ops, without its submodules' Python): what kd.load_exported and from_pretrained give
+  W2A8 packed, fused layers
                the same with frozen bitops.TernaryLinear (2-bit ternary weights, TernaryBERT / BinaryBERT's
                ternary stage)
 
@@ -61,8 +64,12 @@ def build_models():
     fused_attention = copy.deepcopy(fused)
     for model in (fused_attention, ternary):
         bitops.use_attention_kernel_(model)
+    fused_layers = copy.deepcopy(fused_attention)
+    for model in (fused_layers, ternary):
+        bitops.fuse_encoder_layers_(model)
     models = {"fp32": fp32, "int8 fbgemm": int8, "W1A8 packed": packed, "W1A8 packed, fused": fused,
-              "W1A8 packed, fused + attention": fused_attention, "W2A8 packed, fused + attention": ternary}
+              "W1A8 packed, fused + attention": fused_attention, "W1A8 packed, fused layers": fused_layers,
+              "W2A8 packed, fused layers": ternary}
     return tok, models, fakes
 
 
@@ -128,7 +135,7 @@ def main(argv=None) -> None:
                                  squeeze=False)
         for ax, (kind, b) in zip(axes.flat, ((kind, b) for kind in args.inputs for b in args.batches)):
             rs = [r for r in records if r["batch"] == b and r["inputs"] == kind]
-            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#2a6", "#c48"][: len(rs)])
+            ax.bar([r["model"] for r in rs], [r["ms"] for r in rs], color=["#888", "#c84", "#48c", "#4a8", "#2a6", "#185", "#c48", "#a6c"][: len(rs)])
             ax.set_title(f"batch {b} x {args.seq_len}, {kind} inputs, 1 thread")
             ax.set_ylabel("ms")
             ax.tick_params(axis="x", labelrotation=30)

@@ -12,6 +12,8 @@ inference.
 * ``bitops.attention(query, key, value, attn_mask, scale)``: the float attention of an inference
   forward (softmax(q k^T * scale + mask) v) on a CPU kernel; ``bitops.use_attention_kernel_(model)``
   makes a transformers model's attention use it (``kd``'s BERT attention calls it already).
+* ``bitops.fuse_encoder_layers_(model)``: each BERT-family encoder layer of a packed model runs as one
+  lean sequence of ops in CPU inference (no submodule forwards).
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from . import _ops, formats, quantizers, reference  # noqa: F401  (_ops registers the ops)
 from ._ops import ops
-from .api import BinaryConfig, TernaryConfig, fuse_gelu_, fuse_qkv_, quantize_, use_attention_kernel_
+from .api import BinaryConfig, TernaryConfig, fuse_encoder_layers_, fuse_gelu_, fuse_qkv_, quantize_, use_attention_kernel_
 from .embedding import BinaryEmbedding, TernaryEmbedding
 from .formats import PackFormat
 from .nn import BinaryLinear, TernaryLinear
@@ -30,7 +32,7 @@ from . import triton as _triton  # noqa: F401,E402  (registers the ops' CUDA ker
 __all__ = [
     "pack", "unpack", "PackFormat", "BinaryLinear", "TernaryLinear", "BinaryEmbedding", "TernaryEmbedding",
     "SplitBinaryLinear", "SplitBinaryEmbedding", "tws_split_", "tws_weights", "BinaryConfig", "TernaryConfig",
-    "quantize_", "fuse_gelu_", "fuse_qkv_", "attention", "use_attention_kernel_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
+    "quantize_", "fuse_gelu_", "fuse_qkv_", "fuse_encoder_layers_", "attention", "use_attention_kernel_", "ops", "formats", "quantizers", "reference", "set_cpu_isa", "cpu_isa",
 ]
 __version__ = "0.1.0"
 

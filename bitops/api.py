@@ -6,17 +6,23 @@
     bitops.fuse_gelu_(model)   # inference: each FFN's GELU runs inside the next layer's quantization
     bitops.fuse_qkv_(model)    # inference: each attention's query, key and value run as one GEMM
     bitops.use_attention_kernel_(model)  # transformers models: attention on bitops' CPU kernel in inference
+    bitops.fuse_encoder_layers_(model)   # BERT-family layers: one lean sequence of ops in CPU inference
 """
 from __future__ import annotations
 
+import threading
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
-import warnings
-
+from ._ops import ops
 from .nn import BinaryLinear, SharedInputGroup, TernaryLinear, _PackedLinear, check_layer_options
+from .quantizers import quantize_per_token_symmetric
 
 
 @dataclass(frozen=True)
@@ -223,3 +229,200 @@ def use_attention_kernel_(model: nn.Module) -> nn.Module:
     AttentionMaskInterface.register(HF_ATTENTION, sdpa_mask)
     model.set_attn_implementation(HF_ATTENTION)
     return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole encoder layers
+
+def _frozen_int8_layer(m, activation=None) -> bool:
+    """A frozen packed layer with per-token dynamic int8/int4 activations and the given fused input activation."""
+    return (isinstance(m, _PackedLinear) and m.frozen and m.act_bits is not None and m.act_quant == "dynamic"
+            and m.input_activation == activation)
+
+
+class _EncoderLayerPlan:
+    """The forward of a fused BERT-family encoder layer (see :func:`fuse_encoder_layers_`), set as
+    the layer's ``forward`` attribute: an object, not a bound function, so that copy.deepcopy and
+    pickle give a copy its own (bound to the copied modules). The modules are found once; their
+    tensors are read at each call, so weights loaded or moved later are used.
+
+    Unless ``exact``, each add & norm runs on ``add_layer_norm_int8`` with the quantization of its
+    output for the packed layer after it, and the layer's last one quantizes for the next fused
+    layer (``next``, the following layer of the same encoder): the codes wait in ``_incoming`` of
+    that plan, per thread, and are used if its input is the very tensor this layer returned, not
+    written in place since (an inference tensor has no version counter to tell: as for
+    bitops.nn.SharedInputGroup, an in-place write between two layers under inference_mode is not
+    noticed; transformers never does one)."""
+
+    def __init__(self, layer: nn.Module, exact: bool):
+        att = layer.attention
+        self.layer, self.exact, self.next = layer, exact, None
+        self.self_attention, self.qkv = att.self, att.self.query.__dict__["_input_group"][0]
+        self.attention_dense, self.norm1 = att.output.dense, att.output.LayerNorm
+        self.ffn1, self.activation = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
+        self.ffn2, self.norm2 = layer.output.dense, layer.output.LayerNorm
+        # Every module whose own forward the fused path does not call: a hook on any of them sends
+        # the call down the layer's own forward, so that it runs.
+        self.skipped = [m for part in (att, layer.intermediate, layer.output) for m in part.modules()]
+        self.float_params = [p for m in (self.norm1, self.norm2) for p in m.parameters()] + [
+            b for m in (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2) if (b := m._bias()) is not None]
+        self._incoming = threading.local()
+
+    def __getstate__(self):  # deepcopy / pickle: no waiting codes (and a threading.local cannot be copied)
+        return {k: v for k, v in self.__dict__.items() if k != "_incoming"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._incoming = threading.local()
+
+    @staticmethod
+    def build(layer: nn.Module, exact: bool) -> Optional["_EncoderLayerPlan"]:
+        """The plan of a BERT-family encoder layer (self-attention, no cross-attention, not a decoder)
+        whose linear layers are frozen packed layers with dynamic activations (query, key and value
+        grouped by fuse_qkv_); None for any other module."""
+        att = getattr(layer, "attention", None)
+        inter, out = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+        sa, att_out = getattr(att, "self", None), getattr(att, "output", None)
+        if None in (sa, att_out, inter, out) or getattr(layer, "is_decoder", False) or hasattr(layer, "crossattention"):
+            return None
+        if getattr(att, "is_cross_attention", False) or not all(hasattr(sa, a) for a in ("num_attention_heads", "scaling", "config")):
+            return None
+        group = getattr(getattr(sa, "query", None), "__dict__", {}).get("_input_group")
+        if group is None or group[0].layers != (sa.query, sa.key, sa.value) or not _frozen_int8_layer(group[0].layers[0]):
+            return None
+        act = getattr(inter, "intermediate_act_fn", None)
+        ffn2_activation = getattr(getattr(out, "dense", None), "input_activation", None)
+        if not (_frozen_int8_layer(getattr(att_out, "dense", None)) and _frozen_int8_layer(getattr(inter, "dense", None))
+                and _frozen_int8_layer(out.dense, ffn2_activation) and callable(act)
+                and (ffn2_activation is None or (ffn2_activation == "gelu" and isinstance(act, nn.Identity)))):
+            return None
+        if not all(isinstance(getattr(m, "LayerNorm", None), nn.LayerNorm) for m in (att_out, out)):
+            return None
+        return _EncoderLayerPlan(layer, exact)
+
+    def __call__(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                 past_key_values=None, **kwargs):
+        incoming, self._incoming.value = getattr(self._incoming, "value", None), None
+        attend = self.attention_function(hidden_states, encoder_hidden_states, past_key_values, kwargs)
+        if attend is not None:
+            return self.run(hidden_states, attention_mask, attend, kwargs, incoming)
+        layer = self.layer
+        return type(layer).forward(layer, hidden_states, attention_mask, encoder_hidden_states,
+                                   encoder_attention_mask=encoder_attention_mask, past_key_values=past_key_values, **kwargs)
+
+    def attention_function(self, x, encoder_hidden_states, past_key_values, kwargs) -> Optional[Callable]:
+        """The attention function of this call if it can take the fused path, else None. The fused
+        path needs: eval mode, no gradient to keep, a (B, T, H) float32 CPU input, no cross-attention
+        input or cache, no attention weights asked for, no hooks on the modules it skips, not under
+        torch.compile, and an attention implementation transformers has registered (every one but
+        "eager", which the layer's own forward runs)."""
+        if (self.layer.training or encoder_hidden_states is not None or past_key_values is not None
+                or kwargs.get("output_attentions") or x.dim() != 3 or x.dtype != torch.float32 or not x.is_cpu):
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.float_params)):
+            return None
+        if _global_forward_hooks or _global_forward_pre_hooks or torch.compiler.is_compiling():
+            return None
+        if any(m._forward_hooks or m._forward_pre_hooks for m in self.skipped) and not _only_idle_output_capture(self.skipped):
+            return None
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # imported already by any transformers model
+
+        return ALL_ATTENTION_FUNCTIONS.get(self.self_attention.config._attn_implementation)
+
+    def run(self, x: torch.Tensor, attention_mask, attend: Callable, kwargs, incoming=None) -> torch.Tensor:
+        """The layer's output, as its own forward computes it in eval mode (dropout off). ``incoming``:
+        (tensor, its version, codes, scales, bits) from the previous fused layer."""
+        b, t, hidden = x.shape
+        x2 = x.reshape(b * t, hidden)
+        sa, group = self.self_attention, self.qkv
+        fused_qkv = group._twin()
+        if (incoming is not None and incoming[0] is x and incoming[4] == fused_qkv.act_bits
+                and incoming[1] == (None if x.is_inference() else x._version)):
+            codes = incoming[2:4]
+        else:
+            codes = quantize_per_token_symmetric(x2, fused_qkv.act_bits)
+        y = fused_qkv.int8_matmul(*codes)
+        o = group.offsets
+        query, key, value = (y[:, o[i]:o[i + 1]].view(b, t, -1, sa.attention_head_size).transpose(1, 2) for i in range(3))
+        a, _ = attend(sa, query, key, value, attention_mask, dropout=0.0, scaling=sa.scaling, **kwargs)
+        a = a.reshape(b * t, -1)  # (B, T, heads, head size): bitops.attention's is contiguous, a free reshape
+        dense = self.attention_dense
+        h = dense.int8_matmul(*quantize_per_token_symmetric(a, dense.act_bits))
+        x1, codes = self.add_norm(h, x2, self.norm1, self.ffn1.act_bits)
+        h = self.ffn1.int8_matmul(*codes)
+        ffn2 = self.ffn2
+        if ffn2.input_activation == "gelu":
+            codes = quantize_per_token_symmetric(h, ffn2.act_bits, "gelu")
+        else:
+            codes = quantize_per_token_symmetric(self.activation(h), ffn2.act_bits)
+        nxt = self.next
+        bits = None if nxt is None or nxt.exact else nxt.qkv.layers[0].act_bits
+        out, codes = self.add_norm(ffn2.int8_matmul(*codes), x1, self.norm2, bits)
+        out = out.view(b, t, hidden)
+        if codes is not None:
+            nxt._incoming.value = (out, None if out.is_inference() else out._version, *codes, bits)
+        return out
+
+    def add_norm(self, h, residual, norm: nn.LayerNorm, bits: Optional[int]):
+        """(layer_norm(h + residual), its codes at ``bits`` or None): bitops' kernel unless exact."""
+        if self.exact or bits is None:
+            out = F.layer_norm(h + residual, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            return out, None if bits is None else quantize_per_token_symmetric(out, bits)
+        out, q, scale = _ADD_LAYER_NORM_INT8(h, residual, norm.weight, norm.bias, norm.eps, bits)
+        return out, (q, scale)
+
+
+_ADD_LAYER_NORM_INT8 = ops.add_layer_norm_int8.default
+
+
+def _only_idle_output_capture(modules) -> bool:
+    """Whether every forward hook on ``modules`` is transformers' output capture with nothing to
+    capture there now. transformers 5 installs those hooks on the first call that asks for attention
+    weights and keeps them; they record only while a call that asked is running (hidden states are
+    recorded on the layers themselves, which the fused path still returns through)."""
+    hooks = [h for m in modules for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+    if not all(getattr(h, "__module__", None) == "transformers.utils.output_capturing" for h in hooks):
+        return False
+    from transformers.utils.output_capturing import _active_collector
+
+    active = _active_collector.get()
+    return active is None or set(active) <= {"hidden_states", "_hidden_states_layers"}
+
+
+def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
+    """Run each BERT-family encoder layer whose linear layers are frozen packed layers (per-token
+    dynamic activations) as one lean sequence of bitops ops in CPU inference, in place; returns how
+    many layers. Applies :func:`fuse_qkv_` first (the query, key and value GEMM is one).
+
+    A fused layer's call in eval mode with no gradient to keep (``torch.no_grad`` or
+    ``torch.inference_mode``, or no parameter that requires one) on a float32 CPU input runs:
+    quantize, the query/key/value GEMM, the model's attention function (``bitops.attention`` after
+    :func:`use_attention_kernel_` and in kd's models, SDPA by default), quantize, GEMM, add & norm
+    with the quantization after it, GEMM, the activation (inside the quantization after
+    :func:`fuse_gelu_`), GEMM, add & norm, whose quantization serves the next layer's first GEMM. What
+    goes is the Python of the eight submodule forwards around the ops (~15% of a 1-bit
+    all-MiniLM-L6-v2 forward of 1 x 128 tokens on one core) and, with the add & norm on
+    ``bitops.ops.add_layer_norm_int8``, three passes over the activations per norm.
+
+    ``exact=True`` keeps torch's LayerNorm and a separate quantization: the layer's own outputs bit
+    for bit. By default bitops' LayerNorm differs from torch's by float rounding (~1e-7 relative), so
+    an int8 code that sits on a rounding boundary may move by one, as with :func:`fuse_gelu_`.
+    Every other call (training, gradients, attention weights asked for, cross-attention or a cache,
+    another device or dtype, torch.compile, a hook on any submodule, the "eager" attention
+    implementation) runs the layer's own forward. Structure only: the state_dict is unchanged."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
+    fuse_qkv_(model)
+    plans = {}
+    for module in model.modules():
+        plan = _EncoderLayerPlan.build(module, exact)
+        if plan is not None:
+            module.forward = plans[id(module)] = plan
+    # Layers that follow each other in a ModuleList (an encoder's): the first hands the second its codes.
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            chain = [plans.get(id(m)) for m in module]
+            for first, second in zip(chain, chain[1:]):
+                if first is not None and second is not None:
+                    first.next = second
+    return len(plans)

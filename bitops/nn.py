@@ -317,10 +317,8 @@ class _PackedLinear(FrozenPackedState, nn.Module):
             # Inference calls the op directly: autograd.Function.apply costs ~10% of a small layer.
             if needs_grad:
                 y = _FrozenLinearFn.apply(*args)
-            elif q is not None and q.shape[0] <= GEMV_MAX_ROWS and q.is_cpu and not _compiling():
-                gemv = self.gemv_layout()
-                y = (_packed_forward(*args) if gemv is None else
-                     _GEMV_INT8(q, x_scale, gemv, w_scale, bias, self.kernel_in_features))
+            elif q is not None:
+                y = self._int8_output(q, x_scale, packed, w_scale, bias)
             else:
                 y = _packed_forward(*args)
         else:
@@ -330,6 +328,26 @@ class _PackedLinear(FrozenPackedState, nn.Module):
         if y.dtype != x.dtype:
             y = y.to(x.dtype)
         return y if len(lead) == 1 else y.reshape(*lead, self.out_features)
+
+    def _int8_output(self, q, x_scale, packed, w_scale, bias):
+        # A frozen layer in inference: the lookup GEMV for a few CPU rows, the GEMM otherwise.
+        if q.shape[0] <= GEMV_MAX_ROWS and q.is_cpu and not _compiling():
+            gemv = self.gemv_layout()
+            if gemv is not None:
+                return _GEMV_INT8(q, x_scale, gemv, w_scale, bias, self.kernel_in_features)
+        return _LINEAR_INT8(q, x_scale, packed, w_scale, bias, self.bits, self.kernel_in_features, self.group_size)
+
+    def int8_matmul(self, q: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+        """A frozen layer's output for activations its caller has quantized already: int8 codes q
+        (M, in_features) with per-row scales x_scale (M,) float32 (``quantize_rows_int8``'s form),
+        times the packed weights, plus bias: (M, out_features) float32, no autograd. What forward
+        computes after quantizing, for callers that fuse the quantization into something else
+        (:func:`bitops.fuse_encoder_layers_`)."""
+        if not self.frozen:
+            raise RuntimeError("int8_matmul needs a frozen layer (call freeze() first); a training layer quantizes its own latent weights in forward")
+        _, q, x_scale = self.kernel_inputs(None, q, x_scale)  # a split layer (bitops.tws) repeats its input
+        buffers = self._buffers
+        return self._int8_output(q, x_scale, buffers["packed_weight"], buffers["weight_scale"], self._bias())
 
     # -- freezing and serialization ---------------------------------------------------------
     def get_extra_state(self):

@@ -193,7 +193,7 @@ class BitbertHfQuantizer(HfQuantizer):
         for fqn, state in qc.packed_modules.items():
             export._swap_in_frozen(model, fqn, state, cfg_path=where)
         bitops.fuse_gelu_(model)  # as kd.export.load_exported does: structure only, no tensors change
-        bitops.fuse_qkv_(model)
+        bitops.fuse_encoder_layers_(model)  # (groups query, key and value too)
         for fqn in qc.packed_modules:
             buffers = dict(model.get_submodule(fqn).named_buffers(recurse=False))
             if "weight_scale" not in buffers:  # _LoadPackedScale brings the extra state with it

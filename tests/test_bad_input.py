@@ -69,6 +69,8 @@ CASES = [
      r"model is itself an nn.Linear; use BinaryLinear.from_linear"),
     ("fuse_gelu_", "model is a str", lambda t: bitops.fuse_gelu_("bert"), TypeError, r"model is a str; expected a torch.nn.Module"),
     ("fuse_qkv_", "model is a str", lambda t: bitops.fuse_qkv_("bert"), TypeError, r"model is a str; expected a torch.nn.Module"),
+    ("fuse_encoder_layers_", "model is a str", lambda t: bitops.fuse_encoder_layers_("bert"), TypeError,
+     r"model is a str; expected a torch.nn.Module"),
     # kd functions and configs
     ("kd.models.skip_layers", "7 of 6", lambda t: models.skip_layers(6, 7), ValueError, r"student_layers=7; expected 1 <= student_layers <= teacher_layers=6"),
     ("kd.models.QuantSpec", "attention=3", lambda t: models.QuantSpec(attention=3), ValueError, r"attention bits=3; expected one of \(1, 2\)"),

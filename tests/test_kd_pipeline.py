@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from bitops.api import _EncoderLayerPlan
 from kd import cli, export, pipelines, trainer
 from kd.data import Encoded
 from kd.models import QuantSpec
@@ -54,10 +55,13 @@ def test_export_reload_reproduces_predictions(tiny_run):
     model, spec, tok, info = pipelines.load_student_dir(str(root / "xtc" / "1bit-student"))
     enc = Encoded(data.dev, tok, 32, "classification")
     want = trainer.predict_logits(model, enc)
-    exact = export.load_exported(x_res["export"], fuse_gelu=False)[0]
+    exact = export.load_exported(x_res["export"], exact=True)[0]
+    # Its encoder layers run as bitops.fuse_encoder_layers_' lean sequences: the same outputs bit for bit.
+    assert all(isinstance(layer.forward, _EncoderLayerPlan) for layer in exact.bert.encoder.layer)
     assert torch.equal(trainer.predict_logits(exact, enc), want)
-    # The default folds GELU into the next layer's quantization with its own erf (bitops.fuse_gelu_):
-    # an int8 code may differ where a value sits within ~1e-7 of a rounding boundary.
+    # The default folds GELU into the next layer's quantization with its own erf (bitops.fuse_gelu_) and
+    # runs the add & norms on bitops' kernel: an int8 code may differ where a value sits within ~1e-7 of a
+    # rounding boundary.
     loaded, tok2, meta = export.load_exported(x_res["export"])
     got = trainer.predict_logits(loaded, enc)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

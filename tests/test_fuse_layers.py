@@ -1,0 +1,244 @@
+"""bitops.fuse_encoder_layers_: a BERT-family encoder layer of frozen packed layers runs as one lean
+sequence of ops in CPU inference, with the layer's own outputs bit for bit, and every call it cannot
+take (training, gradients, attention weights, hooks, ...) runs the layer's own forward."""
+import collections
+import copy
+import io
+
+import pytest
+import torch
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import bitops
+from bitops.api import _EncoderLayerPlan
+
+CONFIGS = {
+    "W1A8": bitops.BinaryConfig(act_bits=8, freeze=True),
+    "W2A8": bitops.TernaryConfig(act_bits=8, freeze=True),
+    "W1A4 per tensor": bitops.BinaryConfig(act_bits=4, granularity="tensor", freeze=True),
+    "W1A8 groups of 16": bitops.BinaryConfig(act_bits=8, granularity="group", group_size=16, freeze=True),
+}
+
+
+def small_bert(attn_implementation="sdpa", **kw):
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                     max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
+    torch.manual_seed(0)
+    model = BertModel(cfg).eval()
+    model.set_attn_implementation(attn_implementation)
+    return model
+
+
+def packed_bert(config=CONFIGS["W1A8"], **kw):
+    return bitops.quantize_(small_bert(**kw), config)
+
+
+@pytest.fixture
+def fused_runs(monkeypatch):
+    """How many layer calls took the fused path."""
+    calls = []
+    real = _EncoderLayerPlan.run
+    monkeypatch.setattr(_EncoderLayerPlan, "run", lambda self, *a: calls.append(1) or real(self, *a))
+    return calls
+
+
+def inputs(batch, length, pad=0, seed=1):
+    ids = torch.randint(0, 50, (batch, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(batch, length, dtype=torch.int64)
+    if pad:
+        mask[0, length - pad:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class OpCounts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "bitops":
+            self.counts[func.__name__.split(".")[0]] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "bitops"])
+@pytest.mark.parametrize("gelu", ["fused GELU", "torch GELU"])
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_fused_layers_give_the_layers_own_outputs(config, gelu, attention, fused_runs):
+    model = packed_bert(config)
+    if gelu == "fused GELU":
+        bitops.fuse_gelu_(model)
+    if attention == "bitops":
+        bitops.use_attention_kernel_(model)
+    exact, fused = copy.deepcopy(model), copy.deepcopy(model)
+    assert bitops.fuse_encoder_layers_(exact, exact=True) == 2
+    assert bitops.fuse_encoder_layers_(fused) == 2
+    assert bitops.fuse_encoder_layers_(fused) == 2  # again: new plans, nothing grouped twice
+    a, b = model.state_dict(), fused.state_dict()  # structure only
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    # 60 rows with a padded sequence: the GEMM kernels and a boolean mask; 5 and 1 rows: the GEMV paths.
+    for batch in (inputs(3, 20, pad=7), inputs(1, 5), inputs(1, 1)):
+        for mode in (torch.inference_mode, torch.no_grad):
+            with mode():
+                want = model(**batch).last_hidden_state
+                before = len(fused_runs)
+                # exact: torch's LayerNorm, the layer's own ops on the same tensors.
+                assert torch.equal(exact(**batch).last_hidden_state, want)
+                # Default: bitops' add & norm (float rounding apart), whose codes feed the next GEMM.
+                with OpCounts() as ops:
+                    got = fused(**batch).last_hidden_state
+                torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+                assert (got - want).abs().mean() < 1e-3
+                assert len(fused_runs) == before + 4
+                # Per layer: quantize the attention output and the FFN's middle; the first layer also its
+                # input (the second gets the first's last add & norm codes); the pooler its input. The last
+                # add & norm has no packed layer to serve: torch's LayerNorm.
+                assert ops.counts["add_layer_norm_int8"] == 3 and ops.counts["quantize_rows_int8"] == 6, ops.counts
+
+
+def test_codes_handed_on_only_for_the_tensor_they_belong_to(fused_runs):
+    model = packed_bert()
+    fused = copy.deepcopy(model)
+    bitops.fuse_encoder_layers_(fused)
+    batch = inputs(2, 9)
+    for m in (model, fused):  # a hook that writes layer 0's output in place: layer 1 must quantize it anew
+        m.encoder.layer[0].register_forward_hook(lambda mod, args, out: out.mul_(-2.0))
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+        with OpCounts() as ops:
+            got = fused(**batch).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
+    assert len(fused_runs) == 2 and ops.counts["quantize_rows_int8"] == 7  # 3 a layer and the pooler's (6 without the hook)
+    # A layer called on another tensor than the one handed on, or in another order: its own codes.
+    with torch.no_grad():
+        x = torch.randn(2, 9, 32)
+        want = model.encoder.layer[1](model.encoder.layer[0](x))
+        fused.encoder.layer[0](x)
+        torch.testing.assert_close(fused.encoder.layer[1](want * 0 + x), model.encoder.layer[1](x), rtol=0, atol=3e-2)
+
+
+def test_what_runs_the_layers_own_forward(fused_runs):
+    model = packed_bert()
+    bitops.fuse_encoder_layers_(model, exact=True)  # every path gives the same outputs
+    batch = inputs(2, 9, pad=3)
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+    assert len(fused_runs) == 2
+    fused_runs.clear()
+
+    # Grad enabled and parameters that want gradients (LayerNorm, biases): autograd through the layers.
+    out = model(**batch).last_hidden_state
+    assert out.requires_grad
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5)  # the training-path quantizer (an STE)
+    out.sum().backward()
+    assert model.encoder.layer[0].output.LayerNorm.weight.grad is not None
+    # Attention weights asked for: the layer's own attention module is called (SDPA has none to give).
+    # transformers leaves its capture hooks on the attention modules: idle, they do not stop the fused
+    # path later, and hidden states asked for are recorded on the layers.
+    with torch.no_grad():
+        model(**batch, output_attentions=True)
+        assert fused_runs == []
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    assert len(hidden) == 3 and torch.equal(hidden[2], want) and fused_runs == [1, 1]
+    fused_runs.clear()
+    # A hook on a submodule that the fused path skips: it fires.
+    seen = []
+    handle = model.encoder.layer[1].intermediate.dense.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, want)
+    handle.remove()
+    assert seen == [(2, 9, 128)]
+    # Training mode.
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, want)  # dropout 0 in this config
+    model.eval()
+    assert fused_runs == [1]  # only layer 0 of the hooked call
+    fused_runs.clear()
+
+    # Grad enabled, no parameter wanting one: nothing to keep, the fused path.
+    model.requires_grad_(False)
+    assert torch.equal(model(**batch).last_hidden_state, want) and len(fused_runs) == 2
+    # bf16 input: the layer's own forward.
+    fused_runs.clear()
+    with torch.no_grad():
+        hidden = torch.randn(2, 9, 32)
+        layer = model.encoder.layer[0]
+        assert layer(hidden.bfloat16()).dtype == torch.bfloat16
+        assert fused_runs == []
+        layer(hidden)
+        assert fused_runs == [1]
+
+
+def test_eager_attention_and_other_attention_functions(fused_runs):
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    model = packed_bert(attn_implementation="eager")
+    assert bitops.fuse_encoder_layers_(model) == 2
+    batch = inputs(2, 9, pad=3)
+    with torch.no_grad():
+        eager = model(**batch).last_hidden_state
+    assert fused_runs == []  # "eager" is the layer's own code: its forward runs it
+    # The fused path calls the model's registered attention function, with its side effects
+    # (kd's captures of attention scores go through it).
+    calls = []
+    AttentionInterface.register("test_spy", lambda *a, **kw: calls.append(1) or sdpa_attention_forward(*a, **kw))
+    AttentionMaskInterface.register("test_spy", sdpa_mask)
+    model.set_attn_implementation("test_spy")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).last_hidden_state, eager, rtol=1e-5, atol=1e-5)
+    assert calls == [1, 1] and fused_runs == [1, 1]
+
+
+def test_copies_and_pickles_keep_their_own_layers(fused_runs):
+    model = packed_bert()
+    bitops.fuse_encoder_layers_(model)
+    batch = inputs(2, 6)
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+    twin = copy.deepcopy(model)
+    layer = twin.encoder.layer[0]
+    assert layer.forward.layer is layer  # the copy's own, not the original's
+    with torch.no_grad():
+        twin.encoder.layer[1].output.dense.packed_weight.neg_()  # the copy's weights only
+        assert not torch.equal(twin(**batch).last_hidden_state, want)
+        assert torch.equal(model(**batch).last_hidden_state, want)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).last_hidden_state, want)
+
+
+def test_weights_loaded_after_fusing_are_used():
+    model = packed_bert()
+    other = packed_bert()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = inputs(2, 6)
+    with torch.no_grad():
+        want = other(**batch).last_hidden_state
+    bitops.fuse_encoder_layers_(model, exact=True)
+    model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(model(**batch).last_hidden_state, want)
+
+
+def test_only_what_it_can():
+    assert bitops.fuse_encoder_layers_(small_bert()) == 0  # nn.Linear
+    assert bitops.fuse_encoder_layers_(packed_bert(bitops.BinaryConfig(act_bits=8))) == 0  # not frozen
+    assert bitops.fuse_encoder_layers_(packed_bert(bitops.BinaryConfig(act_bits=None, freeze=True))) == 0  # float activations
+    assert bitops.fuse_encoder_layers_(packed_bert(bitops.BinaryConfig(act_bits=8, act_quant="pact", freeze=True))) == 0
+    half = bitops.quantize_(small_bert(), CONFIGS["W1A8"], filter_fn=lambda m, name: "intermediate" not in name)
+    assert bitops.fuse_encoder_layers_(half) == 0  # FFN1 stays float
+    decoder = packed_bert(is_decoder=True, add_cross_attention=True)
+    assert bitops.fuse_encoder_layers_(decoder) == 0
+    with pytest.raises(TypeError, match=r"model is a str; expected a torch.nn.Module"):
+        bitops.fuse_encoder_layers_("bert")
