@@ -240,6 +240,13 @@ def _frozen_int8_layer(m, activation=None) -> bool:
             and m.input_activation == activation)
 
 
+# The self-attention classes whose forward is the query/key/value projections, the split into heads and
+# the model's registered attention function, nothing else (transformers 5: BERT and its copies). Another
+# class with the same submodule names may do more (RoFormer rotates query and key): not fused.
+PLAIN_SELF_ATTENTION = frozenset({"BertSelfAttention", "RobertaSelfAttention", "XLMRobertaSelfAttention",
+                                  "ElectraSelfAttention", "CamembertSelfAttention"})
+
+
 class _EncoderLayerPlan:
     """The forward of a fused BERT-family encoder layer (see :func:`fuse_encoder_layers_`), set as
     the layer's ``forward`` attribute: an object, not a bound function, so that copy.deepcopy and
@@ -254,9 +261,17 @@ class _EncoderLayerPlan:
     bitops.nn.SharedInputGroup, an in-place write between two layers under inference_mode is not
     noticed; transformers never does one)."""
 
+    # Where the modules the fused path reads sit in the layer: checked at each call, so that a
+    # submodule replaced after fusing sends the call to the layer's own forward instead of running
+    # the old one.
+    PATHS = (("attention", "self"), ("attention", "self", "query"), ("attention", "self", "key"),
+             ("attention", "self", "value"), ("attention", "output", "dense"), ("attention", "output", "LayerNorm"),
+             ("intermediate", "dense"), ("intermediate", "intermediate_act_fn"), ("output", "dense"), ("output", "LayerNorm"))
+
     def __init__(self, layer: nn.Module, exact: bool):
         att = layer.attention
         self.layer, self.exact, self.next = layer, exact, None
+        self.watched = self.current_modules()
         self.self_attention, self.qkv = att.self, att.self.query.__dict__["_input_group"][0]
         self.attention_dense, self.norm1 = att.output.dense, att.output.LayerNorm
         self.ffn1, self.activation = layer.intermediate.dense, layer.intermediate.intermediate_act_fn
@@ -275,6 +290,18 @@ class _EncoderLayerPlan:
         self.__dict__.update(state)
         self._incoming = threading.local()
 
+    def current_modules(self) -> tuple:
+        """The objects now at PATHS (dictionary lookups only: nn.Module.__getattr__ costs ~1 us each)."""
+        found = []
+        for path in self.PATHS:
+            m = self.layer
+            for name in path:
+                m = m._modules[name] if name in m._modules else m.__dict__.get(name)
+                if m is None:
+                    break
+            found.append(m)
+        return tuple(found)
+
     @staticmethod
     def build(layer: nn.Module, exact: bool) -> Optional["_EncoderLayerPlan"]:
         """The plan of a BERT-family encoder layer (self-attention, no cross-attention, not a decoder)
@@ -285,7 +312,7 @@ class _EncoderLayerPlan:
         sa, att_out = getattr(att, "self", None), getattr(att, "output", None)
         if None in (sa, att_out, inter, out) or getattr(layer, "is_decoder", False) or hasattr(layer, "crossattention"):
             return None
-        if getattr(att, "is_cross_attention", False) or not all(hasattr(sa, a) for a in ("num_attention_heads", "scaling", "config")):
+        if type(sa).__name__ not in PLAIN_SELF_ATTENTION or getattr(att, "is_cross_attention", False):
             return None
         group = getattr(getattr(sa, "query", None), "__dict__", {}).get("_input_group")
         if group is None or group[0].layers != (sa.query, sa.key, sa.value) or not _frozen_int8_layer(group[0].layers[0]):
@@ -324,6 +351,8 @@ class _EncoderLayerPlan:
         if _global_forward_hooks or _global_forward_pre_hooks or torch.compiler.is_compiling():
             return None
         if any(m._forward_hooks or m._forward_pre_hooks for m in self.skipped) and not _only_idle_output_capture(self.skipped):
+            return None
+        if any(a is not b for a, b in zip(self.current_modules(), self.watched)):
             return None
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # imported already by any transformers model
 
@@ -390,7 +419,8 @@ def _only_idle_output_capture(modules) -> bool:
 
 
 def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
-    """Run each BERT-family encoder layer whose linear layers are frozen packed layers (per-token
+    """Run each BERT-family encoder layer (BERT, RoBERTa, XLM-R, ELECTRA, CamemBERT: the self-attention
+    classes in ``PLAIN_SELF_ATTENTION``) whose linear layers are frozen packed layers (per-token
     dynamic activations) as one lean sequence of bitops ops in CPU inference, in place; returns how
     many layers. Applies :func:`fuse_qkv_` first (the query, key and value GEMM is one).
 
@@ -408,8 +438,9 @@ def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
     for bit. By default bitops' LayerNorm differs from torch's by float rounding (~1e-7 relative), so
     an int8 code that sits on a rounding boundary may move by one, as with :func:`fuse_gelu_`.
     Every other call (training, gradients, attention weights asked for, cross-attention or a cache,
-    another device or dtype, torch.compile, a hook on any submodule, the "eager" attention
-    implementation) runs the layer's own forward. Structure only: the state_dict is unchanged."""
+    another device or dtype, torch.compile, a hook on any submodule, a submodule replaced since, the
+    "eager" attention implementation) runs the layer's own forward. Structure only: the state_dict
+    is unchanged."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
     fuse_qkv_(model)

@@ -242,3 +242,37 @@ def test_only_what_it_can():
     assert bitops.fuse_encoder_layers_(decoder) == 0
     with pytest.raises(TypeError, match=r"model is a str; expected a torch.nn.Module"):
         bitops.fuse_encoder_layers_("bert")
+
+
+def test_other_attention_classes_and_replaced_modules(fused_runs):
+    # A self-attention of another class with the same submodules (RoFormer's rotates query and key) may
+    # do more than the fused path: its layer is left alone.
+    model = packed_bert()
+    sa = model.encoder.layer[0].attention.self
+    sa.__class__ = type("RotarySelfAttention", (type(sa),), {})
+    assert bitops.fuse_encoder_layers_(model, exact=True) == 1
+    # A submodule replaced after fusing: that layer runs its own forward, with the new module.
+    model = packed_bert()
+    reference = copy.deepcopy(model)
+    bitops.fuse_encoder_layers_(model, exact=True)
+    batch = inputs(2, 6)
+    for m in (model, reference):
+        m.encoder.layer[1].output.dense = copy.deepcopy(m.encoder.layer[0].output.dense)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).last_hidden_state, reference(**batch).last_hidden_state)
+    assert fused_runs == [1]
+
+
+def test_roberta(fused_runs):
+    from transformers import RobertaConfig, RobertaModel
+
+    cfg = RobertaConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = bitops.quantize_(RobertaModel(cfg).eval(), CONFIGS["W1A8"])
+    fused = copy.deepcopy(model)
+    assert bitops.fuse_encoder_layers_(fused, exact=True) == 2
+    batch = {"input_ids": torch.randint(3, 60, (2, 9))}
+    with torch.inference_mode():
+        assert torch.equal(fused(**batch).last_hidden_state, model(**batch).last_hidden_state)
+    assert fused_runs == [1, 1]
