@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import bitops
 from bitops.api import _EncoderLayerPlan
+from conftest import run_in_threads
 
 CONFIGS = {
     "W1A8": bitops.BinaryConfig(act_bits=8, freeze=True),
@@ -276,3 +277,22 @@ def test_roberta(fused_runs):
     with torch.inference_mode():
         assert torch.equal(fused(**batch).last_hidden_state, model(**batch).last_hidden_state)
     assert fused_runs == [1, 1]
+
+
+def test_threads_share_a_fused_model():
+    # Threads run one model at once: each hands its codes to the next layer in its own slot.
+    model = packed_bert()
+    bitops.fuse_encoder_layers_(model)
+    batches = [inputs(2, 5 + 3 * t, seed=t) for t in range(4)]
+    with torch.inference_mode():
+        want = [model(**b).last_hidden_state for b in batches]
+    results = {}
+
+    def worker(t):
+        with torch.inference_mode():
+            for rep in range(6):
+                i = (t + rep) % len(batches)
+                results[(t, rep)] = (i, model(**batches[i]).last_hidden_state)
+
+    run_in_threads(worker, 4)
+    assert len(results) == 24 and all(torch.equal(y, want[i]) for i, y in results.values())
