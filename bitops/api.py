@@ -438,9 +438,9 @@ def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
     for bit. By default bitops' LayerNorm differs from torch's by float rounding (~1e-7 relative), so
     an int8 code that sits on a rounding boundary may move by one, as with :func:`fuse_gelu_`.
     Every other call (training, gradients, attention weights asked for, cross-attention or a cache,
-    another device or dtype, torch.compile, a hook on any submodule, a submodule replaced since, the
-    "eager" attention implementation) runs the layer's own forward. Structure only: the state_dict
-    is unchanged."""
+    another device or dtype, torch.compile, a hook on any submodule, a submodule replaced since (also
+    by fuse_gelu_: fuse the GELUs first, or call this again), the "eager" attention implementation)
+    runs the layer's own forward. Structure only: the state_dict is unchanged."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model is a {type(model).__name__}; expected a torch.nn.Module")
     fuse_qkv_(model)
