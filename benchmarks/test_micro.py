@@ -57,6 +57,16 @@ def test_torch_gelu_then_quantize(benchmark, m, k):  # what activation="gelu" re
     benchmark(lambda x: ops.quantize_rows_int8(torch.nn.functional.gelu(x), 8), torch.randn(m, k))
 
 
+@pytest.mark.parametrize("impl", ["bitops", "torch"])
+@pytest.mark.parametrize("m,k", [(128, 768), (4096, 384)])
+def test_add_layer_norm_int8(benchmark, impl, m, k):  # a BERT layer's add & norm, quantized for the next GEMM
+    x, r, w, b = torch.randn(m, k), torch.randn(m, k), torch.randn(k), torch.randn(k)
+    if impl == "bitops":
+        benchmark(ops.add_layer_norm_int8, x, r, w, b, 1e-12, 8)
+    else:  # what it replaces: torch's add and LayerNorm, then bitops' quantization
+        benchmark(lambda: ops.quantize_rows_int8(torch.nn.functional.layer_norm(x + r, (k,), w, b, 1e-12), 8))
+
+
 @pytest.mark.parametrize("impl", ["bitops", "sdpa"])
 def test_attention(benchmark, impl):  # MiniLM's: 12 heads of 32, 128 tokens, head views of (1, 128, 12, 32)
     q, k, v = (torch.randn(1, 128, 12, 32).transpose(1, 2) for _ in range(3))
