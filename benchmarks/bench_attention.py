@@ -9,11 +9,12 @@ Usage: python benchmarks/bench_attention.py [--batches 1 32] [--keep 0.25] [--re
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 
 import bitops
-from bitops._timing import interleaved_median_ms
+from bitops._timing import interleaved_times_ms, paired_ratio
 from _report import pin_threads, write_results
 
 
@@ -41,13 +42,15 @@ def main(argv=None) -> None:
                 calls = {"sdpa": lambda: merged(torch.nn.functional.scaled_dot_product_attention),
                          "bitops": lambda: merged(bitops.attention)}
                 with torch.inference_mode():
-                    ms = interleaved_median_ms(calls, repeats=args.repeats if b == 1 else max(5, args.repeats // 4))
+                    rounds = interleaved_times_ms(calls, repeats=args.repeats if b == 1 else max(5, args.repeats // 4))
+                ms = {name: statistics.median(ts) for name, ts in rounds.items()}
                 macs = 2 * b * heads * t * t * head_dim
                 records.append({"batch": b, "tokens": t, "heads": heads, "head_dim": head_dim, "mask": mask_name,
                                 "sdpa_ms": ms["sdpa"], "bitops_ms": ms["bitops"],
                                 "sdpa_gmacs": macs / ms["sdpa"] / 1e6, "bitops_gmacs": macs / ms["bitops"] / 1e6,
-                                "speedup": ms["sdpa"] / ms["bitops"]})
-    lines = [f"Attention, 1 thread pinned, medians of interleaved rounds, torch {torch.__version__}, "
+                                "speedup": paired_ratio(rounds["sdpa"], rounds["bitops"])[0]})
+    lines = [f"Attention, 1 thread pinned, medians of interleaved rounds (speed-up: median of the per-round ratios), "
+             f"torch {torch.__version__}, "
              f"bitops CPU path {bitops.cpu_isa()}; GMAC/s count all keys (q k^T and p v)", "",
              "| batch x tokens | heads x dim | mask | SDPA ms | bitops ms | SDPA GMAC/s | bitops GMAC/s | bitops vs SDPA |",
              "|---|---|---|---|---|---|---|---|"]

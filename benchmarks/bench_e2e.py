@@ -1,5 +1,6 @@
 """End-to-end CPU latency of a real 6-layer BERT (all-MiniLM-L6-v2, the embedded teacher base) in
-four forms, measured in one run, one thread pinned, medians:
+four forms, measured in one run, one thread pinned, medians (speed-ups: the median of the per-round
+ratios of interleaved rounds, with quartiles):
 
   fp32         the transformers BertModel as loaded
   int8 fbgemm  torch.ao.quantization.quantize_dynamic of every nn.Linear (qint8 weights, dynamic
@@ -35,11 +36,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 
 import torch
 
 import bitops
-from bitops._timing import interleaved_median_ms
+from bitops._timing import interleaved_times_ms, paired_ratio
 from bitops.demo import SENTENCES, encoder_linear, fake_quant_copy, model_dir
 from _report import pin_threads, write_results
 
@@ -105,22 +107,28 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             # Round-robin over the models, so that the machine's drift does not enter their ratios.
             calls = {name: (lambda model=model: model(**batch)) for name, model in models.items()}
-            times = interleaved_median_ms(calls, repeats=args.repeats)
+            rounds = interleaved_times_ms(calls, repeats=args.repeats)
             # Each packed model against the fake-quant model of its own weight format.
             want = {kind: fake(**batch).last_hidden_state for kind, fake in fakes.items()}
             diffs = {name: (models[name](**batch).last_hidden_state - want[name[:4]]).abs()
                      for name in models if name[:4] in want}
-        for name, ms in times.items():
+        for name, ts in rounds.items():
             d = diffs.get(name)
-            records.append({"batch": b, "seq_len": args.seq_len, "inputs": inputs, "real_tokens": tokens, "model": name, "ms": ms,
-                            "vs_fp32": times["fp32"] / ms, "vs_int8": times["int8 fbgemm"] / ms,
+            # Speed-ups as the median of the per-round ratios (paired_ratio), with their quartiles.
+            vs_fp32, vs_fp32_q1, vs_fp32_q3 = paired_ratio(rounds["fp32"], ts)
+            vs_int8, vs_int8_q1, vs_int8_q3 = paired_ratio(rounds["int8 fbgemm"], ts)
+            records.append({"batch": b, "seq_len": args.seq_len, "inputs": inputs, "real_tokens": tokens, "model": name,
+                            "ms": statistics.median(ts), "vs_fp32": vs_fp32, "vs_fp32_q1": vs_fp32_q1, "vs_fp32_q3": vs_fp32_q3,
+                            "vs_int8": vs_int8, "vs_int8_q1": vs_int8_q1, "vs_int8_q3": vs_int8_q3,
                             "max_diff_vs_fake_quant": "" if d is None else f"{float(d.max()):.3e}",
                             "mean_diff_vs_fake_quant": "" if d is None else f"{float(d.mean()):.3e}"})
     lines = [f"End to end, all-MiniLM-L6-v2, 1 thread pinned, median of {args.repeats} interleaved rounds, torch {torch.__version__}, "
              f"bitops CPU path {bitops.cpu_isa()}", "",
+             "Speed-ups: median of the per-round ratios [quartiles].", "",
              "| batch x tokens | inputs (real tokens) | model | ms | vs fp32 | vs int8 | vs fake-quant: max / mean abs diff |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} x {r['seq_len']} | {r['inputs']} ({r['real_tokens']}) | {r['model']} | {r['ms']:.1f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x | "
+    lines += [f"| {r['batch']} x {r['seq_len']} | {r['inputs']} ({r['real_tokens']}) | {r['model']} | {r['ms']:.1f} | "
+              f"{r['vs_fp32']:.2f}x [{r['vs_fp32_q1']:.2f}, {r['vs_fp32_q3']:.2f}] | {r['vs_int8']:.2f}x [{r['vs_int8_q1']:.2f}, {r['vs_int8_q3']:.2f}] | "
               + (f"{r['max_diff_vs_fake_quant']} / {r['mean_diff_vs_fake_quant']} |" if r["max_diff_vs_fake_quant"] else "|")
               for r in records]
     write_results(args.out_dir, "e2e", records, "\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""GEMM benchmark at BERT-base layer shapes, all kernels in one run, medians:
+"""GEMM benchmark at BERT-base layer shapes, all kernels in one run, medians (speed-ups: medians of the
+per-round ratios of interleaved rounds):
 
   fp32          torch nn.Linear (MKL / oneDNN sgemm)
   int8 fbgemm   dynamic int8 (torch.ao.quantization.quantize_dynamic of the same nn.Linear), which
@@ -27,7 +28,7 @@ import torch
 
 import bitops
 from bitops._ops import _C
-from bitops._timing import interleaved_median_ms
+from bitops._timing import interleaved_times_ms, paired_ratio
 from bitops.quantizers import quantize_per_token_symmetric
 from _report import ALL_CORES, pin_threads, write_results
 
@@ -57,14 +58,17 @@ def bench_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
                 calls["W1A8 gemv-lut kernel"] = functools.partial(
                     bitops.ops.packed_gemv_int8, q, s, layer.gemv_layout(), layer.weight_scale, layer.bias, k)
         # Round-robin over the kernels, so that the machine's drift does not enter their ratios.
-        timings = interleaved_median_ms(calls, repeats)
+        rounds = interleaved_times_ms(calls, repeats)
     macs = m * k * n
-    return [
-        {"M": m, "K": k, "N": n, "threads": torch.get_num_threads(), "kernel": name, "ms": ms,
-         "gmacs": macs / ms / 1e6, "vs_fp32": timings["fp32"] / ms, "vs_int8": timings["int8 fbgemm"] / ms,
-         "path": ("gemv-lut" if "gemv-lut" in name else paths.get(name.split()[0], "")) if "kernel" in name else ""}
-        for name, ms in timings.items()
-    ]
+    records = []
+    for name, ts in rounds.items():
+        ms = statistics.median(ts)
+        # Speed-ups: the median of the per-round ratios (the machine's drift between rounds cancels).
+        records.append({"M": m, "K": k, "N": n, "threads": torch.get_num_threads(), "kernel": name, "ms": ms,
+                        "gmacs": macs / ms / 1e6, "vs_fp32": paired_ratio(rounds["fp32"], ts)[0],
+                        "vs_int8": paired_ratio(rounds["int8 fbgemm"], ts)[0],
+                        "path": ("gemv-lut" if "gemv-lut" in name else paths.get(name.split()[0], "")) if "kernel" in name else ""})
+    return records
 
 
 def thread_scaling(k: int, n: int, bits: int, rounds: int) -> dict:
@@ -95,12 +99,11 @@ def thread_scaling(k: int, n: int, bits: int, rounds: int) -> dict:
             if r >= rounds // 2:
                 times[t].append(time.perf_counter() - t0)
     pin_threads(1)
-    ratios = [a / b for a, b in zip(times[1], times[2])]
-    quartiles = statistics.quantiles(ratios, n=4)
+    speedup, q1, q3 = paired_ratio(times[1], times[2])
     out = {"kernel": f"W{bits}A8", "K": k, "N": n, "rounds": rounds}
     for t in (1, 2):
         out[f"ms_{t}t"] = statistics.median(times[t]) * 1e3
-    out.update(speedup_2t=statistics.median(ratios), q1=quartiles[0], q3=quartiles[2])
+    out.update(speedup_2t=speedup, q1=q1, q3=q3)
     return out
 
 
@@ -152,7 +155,8 @@ def main(argv=None) -> None:
     rounds = max(60, 3 * args.repeats)
     scaling = ([thread_scaling(k, n, bits, rounds) for bits in (1, 2) for k, n in BERT_BASE_SHAPES]
                if len(ALL_CORES) > 1 else [])
-    header = (f"GEMM, 1 thread pinned, median of {args.repeats} interleaved rounds; {platform.processor() or platform.machine()}, "
+    header = (f"GEMM, 1 thread pinned, median of {args.repeats} interleaved rounds (speed-ups: median of the per-round ratios); "
+              f"{platform.processor() or platform.machine()}, "
               f"bitops CPU path: {bitops.cpu_isa()}, torch {torch.__version__}")
     wrote = write_results(args.out_dir, "gemm", records, markdown(records, scaling, header))
     png = os.path.join(args.out_dir, "gemm.png")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Sequence, Tuple
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, min_time_s: float = 0.0) -> float:
@@ -20,18 +20,37 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3, min_
     return statistics.median(times) * 1e3
 
 
-def interleaved_median_ms(fns: Dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> Dict[str, float]:
-    """Median wall time in milliseconds of each of ``fns``, timed round-robin: every round calls each
-    function once, in turn. On a shared machine whose speed drifts by 2x within a minute (this
-    project's CI and dev machines do), timing one function's repeats after another's puts the drift
-    into their ratio; interleaved, the drift lands on all of them alike."""
+def interleaved_times_ms(fns: Dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> Dict[str, List[float]]:
+    """Wall times in milliseconds of each of ``fns``, timed round-robin: every round calls each
+    function once, in turn; entry r of every list is round r. On a shared machine whose speed drifts
+    by 2x within a minute (this project's CI and dev machines do), timing one function's repeats after
+    another's puts the drift into their ratio; interleaved, the drift lands on all of them alike."""
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats!r}; expected at least 1")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: Dict[str, list] = {name: [] for name in fns}
+    times: Dict[str, List[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def interleaved_median_ms(fns: Dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 3) -> Dict[str, float]:
+    """Median wall time in milliseconds of each of ``fns``, timed round-robin (see interleaved_times_ms)."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times_ms(fns, repeats, warmup).items()}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> Tuple[float, float, float]:
+    """(median, first quartile, third quartile) of the per-round ratios numerator[r] / denominator[r]
+    of two interleaved timings (interleaved_times_ms, in any one unit): the speed-up of the
+    denominator's function over the numerator's. Pairing each round's two times cancels the drift between rounds, which a ratio of
+    the two medians keeps when the machine's speed changes during the run."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"got {len(numerator)} and {len(denominator)} times; expected two equal, nonempty lists (one per round)")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), quartiles[0], quartiles[2]
