@@ -214,6 +214,14 @@ def hf_attention_forward(module, query, key, value, attention_mask, dropout: flo
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
+# An attention function that computes bitops.attention(query, key, value, attention_mask, scaling),
+# transposed to (B, T, heads, head size), whenever a predicate of (module, query, attention_mask, kwargs)
+# holds says so with that predicate as this attribute: fused encoder layers then call the op themselves
+# (its Python wrappers cost ~5 us a layer). kd's capturing attention declares it too.
+BITOPS_ATTENTION_WHEN = "bitops_attention_when"
+setattr(hf_attention_forward, BITOPS_ATTENTION_WHEN, attention_kernel_applies)
+
+
 def use_attention_kernel_(model: nn.Module) -> nn.Module:
     """A transformers model's attention runs :func:`bitops.attention` in CPU inference (see
     :func:`hf_attention_forward`; SDPA otherwise), in place; returns ``model``. For a binarized BERT
@@ -279,6 +287,9 @@ class _EncoderLayerPlan:
         # Every module whose own forward the fused path does not call: a hook on any of them sends
         # the call down the layer's own forward, so that it runs.
         self.skipped = [m for part in (att, layer.intermediate, layer.output) for m in part.modules()]
+        # Query, key and value of equal widths: the fused output splits into heads by one view and permute.
+        o = self.qkv.offsets
+        self.equal_thirds = o == [0, o[1], 2 * o[1], 3 * o[1]] and o[1] % self.self_attention.attention_head_size == 0
         self.float_params = [p for m in (self.norm1, self.norm2) for p in m.parameters()] + [
             b for m in (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2) if (b := m._bias()) is not None]
         self._incoming = threading.local()
@@ -288,6 +299,7 @@ class _EncoderLayerPlan:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("equal_thirds", False)  # a plan pickled before the attribute existed
         self._incoming = threading.local()
 
     def current_modules(self) -> tuple:
@@ -354,9 +366,7 @@ class _EncoderLayerPlan:
             return None
         if any(a is not b for a, b in zip(self.current_modules(), self.watched)):
             return None
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # imported already by any transformers model
-
-        return ALL_ATTENTION_FUNCTIONS.get(self.self_attention.config._attn_implementation)
+        return _all_attention_functions().get(self.self_attention.config._attn_implementation)
 
     def run(self, x: torch.Tensor, attention_mask, attend: Callable, kwargs, incoming=None) -> torch.Tensor:
         """The layer's output, as its own forward computes it in eval mode (dropout off). ``incoming``:
@@ -371,9 +381,16 @@ class _EncoderLayerPlan:
         else:
             codes = quantize_per_token_symmetric(x2, fused_qkv.act_bits)
         y = fused_qkv.int8_matmul(*codes)
-        o = group.offsets
-        query, key, value = (y[:, o[i]:o[i + 1]].view(b, t, -1, sa.attention_head_size).transpose(1, 2) for i in range(3))
-        a, _ = attend(sa, query, key, value, attention_mask, dropout=0.0, scaling=sa.scaling, **kwargs)
+        if self.equal_thirds and y.is_contiguous():  # (B, T, 3, heads, head size) -> 3 x (B, heads, T, head size)
+            query, key, value = y.view(b, t, 3, -1, sa.attention_head_size).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            o = group.offsets
+            query, key, value = (y[:, o[i]:o[i + 1]].view(b, t, -1, sa.attention_head_size).transpose(1, 2) for i in range(3))
+        when = getattr(attend, BITOPS_ATTENTION_WHEN, None)
+        if when is not None and when(sa, query, attention_mask, kwargs):
+            a = _ATTENTION(query, key, value, attention_mask, sa.scaling).transpose(1, 2)
+        else:
+            a, _ = attend(sa, query, key, value, attention_mask, dropout=0.0, scaling=sa.scaling, **kwargs)
         a = a.reshape(b * t, -1)  # (B, T, heads, head size): bitops.attention's is contiguous, a free reshape
         dense = self.attention_dense
         h = dense.int8_matmul(*quantize_per_token_symmetric(a, dense.act_bits))
@@ -401,7 +418,19 @@ class _EncoderLayerPlan:
         return out, (q, scale)
 
 
-_ADD_LAYER_NORM_INT8 = ops.add_layer_norm_int8.default
+_ADD_LAYER_NORM_INT8, _ATTENTION = ops.add_layer_norm_int8.default, ops.attention.default
+_ATTENTION_FUNCTIONS = None
+
+
+def _all_attention_functions():
+    """transformers' ALL_ATTENTION_FUNCTIONS, imported on first use and kept (an import statement per
+    layer call cost ~1.6 us; transformers is imported already by any model that gets here)."""
+    global _ATTENTION_FUNCTIONS
+    if _ATTENTION_FUNCTIONS is None:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        _ATTENTION_FUNCTIONS = ALL_ATTENTION_FUNCTIONS
+    return _ATTENTION_FUNCTIONS
 
 
 def _only_idle_output_capture(modules) -> bool:
@@ -427,7 +456,9 @@ def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
     A fused layer's call in eval mode with no gradient to keep (``torch.no_grad`` or
     ``torch.inference_mode``, or no parameter that requires one) on a float32 CPU input runs:
     quantize, the query/key/value GEMM, the model's attention function (``bitops.attention`` after
-    :func:`use_attention_kernel_` and in kd's models, SDPA by default), quantize, GEMM, add & norm
+    :func:`use_attention_kernel_` and in kd's models, SDPA by default; a function that declares when it
+    computes ``bitops.attention``, as those two do (``BITOPS_ATTENTION_WHEN``), has the op called
+    directly then), quantize, GEMM, add & norm
     with the quantization after it, GEMM, the activation (inside the quantization after
     :func:`fuse_gelu_`), GEMM, add & norm, whose quantization serves the next layer's first GEMM. What
     goes is the Python of the eight submodule forwards around the ops (~15% of a 1-bit

@@ -86,7 +86,7 @@ def capturing_attention(module, query, key, value, attention_mask, scaling=None,
     With no capture active, where :func:`bitops.api.attention_kernel_applies` (CPU, eval mode, no
     ``output_attentions``) it runs :func:`bitops.attention` instead (the same math, float32 rounding
     apart; a backward, if one is needed, goes through its torch reference) and returns no weights."""
-    if _capture.scores is None and bitops.api.attention_kernel_applies(module, query, attention_mask, kwargs):
+    if _runs_bitops_attention(module, query, attention_mask, kwargs):
         # Inference on CPU: bitops' attention kernel (scores in cache, masked keys skipped). It
         # returns (B, H, T, D) as a view of (B, T, H, D) memory, so the head merge after it is free.
         return bitops.attention(query, key, value, attention_mask, scaling).transpose(1, 2), None
@@ -106,6 +106,12 @@ def capturing_attention(module, query, key, value, attention_mask, scaling=None,
     return out, probs
 
 
+def _runs_bitops_attention(module, query, attention_mask, kwargs) -> bool:
+    """When capturing_attention computes bitops.attention (fused encoder layers then call it themselves)."""
+    return _capture.scores is None and bitops.api.attention_kernel_applies(module, query, attention_mask, kwargs)
+
+
+setattr(capturing_attention, bitops.api.BITOPS_ATTENTION_WHEN, _runs_bitops_attention)
 AttentionInterface.register(ATTN_IMPLEMENTATION, capturing_attention)
 # transformers builds the attention mask only for implementation names it has a mask function for;
 # for any other name it passes None, and padded tokens would be attended to. sdpa's form: a boolean

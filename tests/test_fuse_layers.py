@@ -196,6 +196,34 @@ def test_eager_attention_and_other_attention_functions(fused_runs):
     assert calls == [1, 1] and fused_runs == [1, 1]
 
 
+def test_attention_functions_that_run_bitops_attention_are_called_as_the_op(fused_runs, monkeypatch):
+    # kd's capturing attention runs bitops.attention unless scores are being captured, and says so
+    # (bitops.api.BITOPS_ATTENTION_WHEN): the fused path then calls the op itself, and goes through the
+    # function while a capture is active.
+    import kd.models as km
+
+    model = packed_bert(attn_implementation=km.ATTN_IMPLEMENTATION)
+    fused = copy.deepcopy(model)
+    assert bitops.fuse_encoder_layers_(fused, exact=True) == 2
+    wrapper_calls = []
+    real = bitops.attention
+    monkeypatch.setattr(bitops, "attention", lambda *a, **kw: wrapper_calls.append(1) or real(*a, **kw))
+    batch = inputs(2, 9, pad=3)
+    with torch.no_grad():
+        want = model(**batch).last_hidden_state
+        assert len(wrapper_calls) == 2  # the layers' own forwards: through capturing_attention
+        with OpCounts() as ops:
+            got = fused(**batch).last_hidden_state
+        assert torch.equal(got, want) and len(wrapper_calls) == 2 and ops.counts["attention"] == 2
+        assert len(fused_runs) == 2
+        with km.capture_attention_scores() as want_scores:
+            want = model(**batch).last_hidden_state
+        with km.capture_attention_scores() as scores:
+            got = fused(**batch).last_hidden_state
+    assert len(fused_runs) == 4 and len(scores) == 2 and all(torch.equal(a, b) for a, b in zip(scores, want_scores))
+    assert torch.equal(got, want)
+
+
 def test_copies_and_pickles_keep_their_own_layers(fused_runs):
     model = packed_bert()
     bitops.fuse_encoder_layers_(model)
