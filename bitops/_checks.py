@@ -191,6 +191,35 @@ def check_add_layer_norm(x, residual, weight, bias, eps, bits) -> None:
         _fail(f"eps={eps!r}; expected a finite float >= 0")
 
 
+def check_encoder_layer(x, x_codes, x_scales, num_heads, scale, packed_weights, weight_scales, biases, gemv_weights,
+                        bits, in_features, group_sizes, act_bits, out_bits) -> None:
+    """encoder_layer_int8's own arguments (the ops it calls check the rest, each packed layer's tensors
+    and the mask, with their own messages)."""
+    check_dim("x", x, 3, "(batch, tokens, hidden) float32 activations")
+    check_dtype("x", x, torch.float32)
+    if isinstance(num_heads, bool) or num_heads < 1 or x.shape[2] % num_heads:
+        _fail(f"num_heads={num_heads!r}; expected a positive divisor of x's hidden size {x.shape[2]}")
+    if not math.isfinite(scale) or scale <= 0:
+        _fail(f"scale={scale!r}; expected a finite float > 0")
+    if (x_codes is None) != (x_scales is None):
+        _fail("x_codes and x_scales: got one without the other; expected both or neither")
+    if x_codes is not None:
+        m = x.shape[0] * x.shape[1]
+        if x_codes.dim() != 2 or tuple(x_codes.shape) != (m, x.shape[2]):
+            _fail(f"x_codes has shape {tuple(x_codes.shape)}; expected ({m}, {x.shape[2]}): x's rows, each of its hidden size")
+        if x_scales.dim() != 1 or x_scales.shape[0] != m:
+            _fail(f"x_scales has shape {tuple(x_scales.shape)}; expected ({m},): one per row of x_codes")
+    lists = {"packed_weights": packed_weights, "weight_scales": weight_scales, "biases": biases,
+             "gemv_weights": gemv_weights, "bits": bits, "in_features": in_features, "group_sizes": group_sizes,
+             "act_bits": act_bits}
+    for name, values in lists.items():
+        if len(values) != 4:
+            _fail(f"{name} has {len(values)} entries; expected 4: the query/key/value, attention output, "
+                  "intermediate and output layers")
+    if isinstance(out_bits, bool) or out_bits not in (0, 4, 8):
+        _fail(f"out_bits={out_bits!r}; expected 8 or 4 (codes for a next packed layer) or 0 (none)")
+
+
 def check_attention(query, key, value, attn_mask=None, scale=None) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         check_dim(name, t, 4, "(batch, heads, length, head_dim)")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from ._ops import ops
-from .nn import BinaryLinear, SharedInputGroup, TernaryLinear, _PackedLinear, check_layer_options
+from .nn import GEMV_MAX_ROWS, BinaryLinear, SharedInputGroup, TernaryLinear, _PackedLinear, check_layer_options
 from .quantizers import quantize_per_token_symmetric
 
 
@@ -290,6 +290,13 @@ class _EncoderLayerPlan:
         # Query, key and value of equal widths: the fused output splits into heads by one view and permute.
         o = self.qkv.offsets
         self.equal_thirds = o == [0, o[1], 2 * o[1], 3 * o[1]] and o[1] % self.self_attention.attention_head_size == 0
+        # The layer as one op (encoder_layer_int8) where it is that op's sequence: the default add & norm,
+        # the GELU inside the quantization, plain packed layers (a split one, bitops.tws, repeats its
+        # input), and, checked at each call, query, key and value as wide as the input and an attention
+        # function that runs bitops.attention.
+        lins = (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2)
+        self.one_op = (not exact and self.equal_thirds and self.ffn2.input_activation == "gelu"
+                       and all(type(m).kernel_inputs is _PackedLinear.kernel_inputs for m in lins))
         self.float_params = [p for m in (self.norm1, self.norm2) for p in m.parameters()] + [
             b for m in (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2) if (b := m._bias()) is not None]
         self._incoming = threading.local()
@@ -299,7 +306,8 @@ class _EncoderLayerPlan:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.__dict__.setdefault("equal_thirds", False)  # a plan pickled before the attribute existed
+        for name in ("equal_thirds", "one_op"):  # a plan pickled before these attributes existed
+            self.__dict__.setdefault(name, False)
         self._incoming = threading.local()
 
     def current_modules(self) -> tuple:
@@ -375,10 +383,22 @@ class _EncoderLayerPlan:
         x2 = x.reshape(b * t, hidden)
         sa, group = self.self_attention, self.qkv
         fused_qkv = group._twin()
+        codes = None
         if (incoming is not None and incoming[0] is x and incoming[4] == fused_qkv.act_bits
                 and incoming[1] == (None if x.is_inference() else x._version)):
             codes = incoming[2:4]
-        else:
+        nxt = self.next
+        bits = None if nxt is None or nxt.exact else nxt.qkv.layers[0].act_bits
+        when = getattr(attend, BITOPS_ATTENTION_WHEN, None)
+        if (self.one_op and when is not None and group.offsets[3] == 3 * hidden
+                and when(sa, x.view(b, t, -1, sa.attention_head_size).transpose(1, 2), attention_mask, kwargs)):
+            # The whole sequence below in one op call (bitops.ops.encoder_layer_int8), without its Python.
+            # Positional: keyword arguments cost the op call ~8 us more to parse.
+            out, q, scale = _ENCODER_LAYER(*self.layer_op_args(x, codes, attention_mask, bits, fused_qkv).values())
+            if bits:
+                nxt._incoming.value = (out, None if out.is_inference() else out._version, q, scale, bits)
+            return out
+        if codes is None:
             codes = quantize_per_token_symmetric(x2, fused_qkv.act_bits)
         y = fused_qkv.int8_matmul(*codes)
         if self.equal_thirds and y.is_contiguous():  # (B, T, 3, heads, head size) -> 3 x (B, heads, T, head size)
@@ -401,13 +421,41 @@ class _EncoderLayerPlan:
             codes = quantize_per_token_symmetric(h, ffn2.act_bits, "gelu")
         else:
             codes = quantize_per_token_symmetric(self.activation(h), ffn2.act_bits)
-        nxt = self.next
-        bits = None if nxt is None or nxt.exact else nxt.qkv.layers[0].act_bits
         out, codes = self.add_norm(ffn2.int8_matmul(*codes), x1, self.norm2, bits)
         out = out.view(b, t, hidden)
         if codes is not None:
             nxt._incoming.value = (out, None if out.is_inference() else out._version, *codes, bits)
         return out
+
+    def layer_op_modules(self, fused_qkv=None) -> tuple:
+        """The four packed layers of encoder_layer_int8, in its order (query, key and value as one)."""
+        return (fused_qkv or self.qkv._twin(), self.attention_dense, self.ffn1, self.ffn2)
+
+    def layer_op_args(self, x, codes, attention_mask, bits: Optional[int], fused_qkv=None) -> dict:
+        """encoder_layer_int8's arguments, in its order, for this layer on x (B, T, H), with codes (q,
+        scales) of x or None, the codes of its output at ``bits`` (None: none); the GEMV layouts for few
+        rows, as _PackedLinear.int8_matmul picks them. One loop and dictionary reads: this runs at every
+        call, and attribute lookups on modules cost ~1 us each."""
+        sa, n1, n2 = self.self_attention, self.norm1._parameters, self.norm2._parameters
+        few_rows = x.shape[0] * x.shape[1] <= GEMV_MAX_ROWS
+        packed, scales, biases, gemv, bits_, in_features, group_sizes, act_bits = ([] for _ in range(8))
+        for m in self.layer_op_modules(fused_qkv):
+            buffers = m._buffers
+            packed.append(buffers["packed_weight"])
+            scales.append(buffers["weight_scale"])
+            biases.append(m._bias())
+            gemv.append(m.gemv_layout() if few_rows else None)
+            bits_.append(m.bits)
+            in_features.append(m.kernel_in_features)
+            group_sizes.append(m.group_size)
+            act_bits.append(m.act_bits)
+        return dict(
+            x=x, x_codes=None if codes is None else codes[0], x_scales=None if codes is None else codes[1],
+            attn_mask=attention_mask, num_heads=x.shape[2] // sa.attention_head_size, scale=sa.scaling,
+            packed_weights=packed, weight_scales=scales, biases=biases, gemv_weights=gemv, bits=bits_,
+            in_features=in_features, group_sizes=group_sizes, act_bits=act_bits,
+            norm1_weight=n1.get("weight"), norm1_bias=n1.get("bias"), norm1_eps=self.norm1.eps,
+            norm2_weight=n2.get("weight"), norm2_bias=n2.get("bias"), norm2_eps=self.norm2.eps, out_bits=bits or 0)
 
     def add_norm(self, h, residual, norm: nn.LayerNorm, bits: Optional[int]):
         """(layer_norm(h + residual), its codes at ``bits`` or None): bitops' kernel unless exact."""
@@ -419,6 +467,7 @@ class _EncoderLayerPlan:
 
 
 _ADD_LAYER_NORM_INT8, _ATTENTION = ops.add_layer_norm_int8.default, ops.attention.default
+_ENCODER_LAYER = ops.encoder_layer_int8.default
 _ATTENTION_FUNCTIONS = None
 
 
@@ -463,7 +512,9 @@ def fuse_encoder_layers_(model: nn.Module, exact: bool = False) -> int:
     :func:`fuse_gelu_`), GEMM, add & norm, whose quantization serves the next layer's first GEMM. What
     goes is the Python of the eight submodule forwards around the ops (~15% of a 1-bit
     all-MiniLM-L6-v2 forward of 1 x 128 tokens on one core) and, with the add & norm on
-    ``bitops.ops.add_layer_norm_int8``, three passes over the activations per norm.
+    ``bitops.ops.add_layer_norm_int8``, three passes over the activations per norm. With the GELU fused
+    and an attention function that runs ``bitops.attention``, the whole sequence is one call of
+    ``bitops.ops.encoder_layer_int8`` (the same ops from C++, the same outputs bit for bit).
 
     ``exact=True`` keeps torch's LayerNorm and a separate quantization: the layer's own outputs bit
     for bit. By default bitops' LayerNorm differs from torch's by float rounding (~1e-7 relative), so

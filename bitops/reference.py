@@ -198,6 +198,41 @@ def attention(query, key, value, attn_mask=None, scale=None) -> torch.Tensor:
     return out.transpose(1, 2).contiguous().transpose(1, 2).to(query.dtype)
 
 
+def encoder_layer_int8(x, x_codes, x_scales, attn_mask, num_heads: int, scale: float, packed_weights, weight_scales,
+                       biases, gemv_weights, bits, in_features, group_sizes, act_bits, norm1_weight, norm1_bias,
+                       norm1_eps: float, norm2_weight, norm2_bias, norm2_eps: float, out_bits: int):
+    """One BERT encoder layer of four frozen packed layers (query/key/value as one, attention output,
+    intermediate, output) in inference, as the references of the ops it is made of, in the order
+    ``bitops.fuse_encoder_layers_`` calls them: quantize x (or take x_codes, x_scales), QKV GEMM,
+    attention of num_heads heads, quantize, GEMM, add & norm with codes, GEMM, GELU + quantize, GEMM,
+    add & norm. Returns ``(out (B, T, H), codes (B*T, H), scales (B*T,))`` with codes at out_bits for
+    a next packed layer; out_bits 0: torch's LayerNorm and empty codes."""
+    _checks.check_encoder_layer(x, x_codes, x_scales, num_heads, scale, packed_weights, weight_scales, biases,
+                                gemv_weights, bits, in_features, group_sizes, act_bits, out_bits)
+    b, t, hidden = x.shape
+    x2 = x.reshape(b * t, hidden)
+
+    def matmul(i, q, s):
+        if gemv_weights[i] is not None:
+            return packed_gemv_int8(q, s, gemv_weights[i], weight_scales[i], biases[i], in_features[i])
+        return packed_linear_int8(q, s, packed_weights[i], weight_scales[i], biases[i], bits[i], in_features[i], group_sizes[i])
+
+    qkv = matmul(0, x_codes, x_scales) if x_codes is not None else matmul(0, *quantize_rows_int8(x2, act_bits[0]))
+    if qkv.shape[1] != 3 * hidden:
+        _checks._fail(f"packed_weights[0] has {qkv.shape[1]} output rows; expected {3 * hidden}: query, key and value "
+                      f"of x's hidden size {hidden}")
+    query, key, value = qkv.view(b, t, 3, num_heads, hidden // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    attended = attention(query, key, value, attn_mask, scale).transpose(1, 2).reshape(b * t, hidden)
+    h = matmul(1, *quantize_rows_int8(attended, act_bits[1]))
+    x1, q1, s1 = add_layer_norm_int8(h, x2, norm1_weight, norm1_bias, norm1_eps, act_bits[2])
+    h2 = matmul(3, *quantize_rows_int8(matmul(2, q1, s1), act_bits[3], "gelu"))
+    if out_bits == 0:
+        out = torch.nn.functional.layer_norm(h2 + x1, (hidden,), norm2_weight, norm2_bias, norm2_eps)
+        return out.view(b, t, hidden), x.new_empty((0,), dtype=torch.int8), x.new_empty((0,))
+    out, codes, scales = add_layer_norm_int8(h2, x1, norm2_weight, norm2_bias, norm2_eps, out_bits)
+    return out.view(b, t, hidden), codes, scales
+
+
 class FakeQuantLinear(torch.nn.Module):
     """Pure-torch reference of a packed layer: the same quantizers, dense float arithmetic.
 

@@ -286,4 +286,33 @@ inline void check_attention_args(const at::Tensor& q, const at::Tensor& k, const
                     want[1], ", ", want[2], ", ", want[3], "): (batch, heads, Lq, Lk)");
 }
 
+// encoder_layer_int8: x (B, T, H) float32 with H a multiple of num_heads; x_codes (B*T, H) int8 and
+// x_scales (B*T,) together or not at all; the eight per-layer lists of four; out_bits 0, 4 or 8. The
+// ops it calls check the rest (each packed layer's tensors, the mask) with their own messages.
+inline void check_encoder_layer_args(const at::Tensor& x, const std::optional<at::Tensor>& x_codes,
+                                     const std::optional<at::Tensor>& x_scales, int64_t num_heads, double scale,
+                                     const std::pair<const char*, size_t> (&lists)[8], int64_t out_bits) {
+  TORCH_CHECK_VALUE(x.dim() == 3, "x has ", x.dim(), " dimensions (shape ", shape_str(x),
+                    "); expected 3: (batch, tokens, hidden) float32 activations");
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat, "x has dtype ", py_dtype(x.scalar_type()), "; expected torch.float32");
+  TORCH_CHECK_VALUE(num_heads >= 1 && x.size(2) % num_heads == 0, "num_heads=", num_heads,
+                    "; expected a positive divisor of x's hidden size ", x.size(2));
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0, "scale=", scale, "; expected a finite float > 0");
+  TORCH_CHECK_VALUE(x_codes.has_value() == x_scales.has_value(),
+                    "x_codes and x_scales: got one without the other; expected both or neither");
+  if (x_codes.has_value()) {
+    const int64_t m = x.size(0) * x.size(1);
+    TORCH_CHECK_VALUE(x_codes->dim() == 2 && x_codes->size(0) == m && x_codes->size(1) == x.size(2), "x_codes has shape ",
+                      shape_str(*x_codes), "; expected (", m, ", ", x.size(2), "): x's rows, each of its hidden size");
+    TORCH_CHECK_VALUE(x_scales->dim() == 1 && x_scales->size(0) == m, "x_scales has shape ", shape_str(*x_scales),
+                      "; expected (", m, ",): one per row of x_codes");
+  }
+  for (const auto& [name, size] : lists) {
+    TORCH_CHECK_VALUE(size == 4, name, " has ", size, " entries; expected 4: the query/key/value, attention "
+                      "output, intermediate and output layers");
+  }
+  TORCH_CHECK_VALUE(out_bits == 0 || out_bits == 4 || out_bits == 8, "out_bits=", out_bits,
+                    "; expected 8 or 4 (codes for a next packed layer) or 0 (none)");
+}
+
 }  // namespace bitops

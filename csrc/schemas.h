@@ -38,6 +38,19 @@ inline constexpr const char* kSchemas[] = {
   // (B, H, Lq, Lk); scale defaults to D^-0.5; a row with every key masked gives zeros. out (B, H, Lq, Dv)
   // is a view of (B, Lq, H, Dv) memory (out.transpose(1, 2) is contiguous). CPU kernel; elsewhere the reference.
   "attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, float? scale=None) -> Tensor",
+  // One BERT encoder layer of frozen packed layers in inference, as the sequence of the ops above that
+  // bitops.fuse_encoder_layers_ runs, in one call: x (B, T, H) float32 (or its codes x_codes (B*T, H)
+  // int8 and x_scales (B*T,)), the four packed layers in order (query/key/value fused, attention output,
+  // intermediate, output: packed weights, scales, biases, GEMV layouts (used where given), bits,
+  // in_features, group_size and activation bits of each), bitops attention of num_heads heads (scale,
+  // attn_mask), add & norm, GELU inside the intermediate's quantization, add & norm. Returns (out (B, T,
+  // H) float32, its codes int8 (B*T, H) and scales (B*T,) for a next packed layer at out_bits); out_bits
+  // 0: torch's LayerNorm for the last norm and empty codes. Composite: runs on any device the ops run on.
+  "encoder_layer_int8(Tensor x, Tensor? x_codes, Tensor? x_scales, Tensor? attn_mask, int num_heads, "
+      "float scale, Tensor[] packed_weights, Tensor[] weight_scales, Tensor?[] biases, Tensor?[] gemv_weights, "
+      "int[] bits, int[] in_features, int[] group_sizes, int[] act_bits, Tensor? norm1_weight, "
+      "Tensor? norm1_bias, float norm1_eps, Tensor? norm2_weight, Tensor? norm2_bias, float norm2_eps, "
+      "int out_bits) -> (Tensor, Tensor, Tensor)",
   // grad_input (M, K) = grad_output (M, N) times dequantized W (N, K): the backward of the two above.
   "packed_linear_grad_input(Tensor grad_output, Tensor packed_weight, Tensor weight_scale, int bits, "
       "int in_features, int group_size) -> Tensor",

@@ -46,6 +46,17 @@ def fused_runs(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def layer_op_calls(monkeypatch):
+    """The fused layers' encoder_layer_int8 calls."""
+    import bitops.api
+
+    calls = []
+    real = bitops.api._ENCODER_LAYER
+    monkeypatch.setattr(bitops.api, "_ENCODER_LAYER", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
 def inputs(batch, length, pad=0, seed=1):
     ids = torch.randint(0, 50, (batch, length), generator=torch.Generator().manual_seed(seed))
     mask = torch.ones(batch, length, dtype=torch.int64)
@@ -68,7 +79,7 @@ class OpCounts(TorchDispatchMode):
 @pytest.mark.parametrize("attention", ["sdpa", "bitops"])
 @pytest.mark.parametrize("gelu", ["fused GELU", "torch GELU"])
 @pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
-def test_fused_layers_give_the_layers_own_outputs(config, gelu, attention, fused_runs):
+def test_fused_layers_give_the_layers_own_outputs(config, gelu, attention, fused_runs, layer_op_calls):
     model = packed_bert(config)
     if gelu == "fused GELU":
         bitops.fuse_gelu_(model)
@@ -94,10 +105,67 @@ def test_fused_layers_give_the_layers_own_outputs(config, gelu, attention, fused
                 torch.testing.assert_close(got, want, rtol=0, atol=3e-2)
                 assert (got - want).abs().mean() < 1e-3
                 assert len(fused_runs) == before + 4
-                # Per layer: quantize the attention output and the FFN's middle; the first layer also its
-                # input (the second gets the first's last add & norm codes); the pooler its input. The last
-                # add & norm has no packed layer to serve: torch's LayerNorm.
-                assert ops.counts["add_layer_norm_int8"] == 3 and ops.counts["quantize_rows_int8"] == 6, ops.counts
+                one_op = gelu == "fused GELU" and attention == "bitops"
+                # With the GELU fused and bitops' attention each layer is one encoder_layer_int8 call
+                # (test_one_op_is_the_python_sequence).
+                assert len(layer_op_calls) == (2 if one_op else 0)
+                layer_op_calls.clear()
+                if one_op and mode is torch.inference_mode:
+                    # No autograd keys: the dispatch mode sees the op whole (under no_grad, the ops it calls).
+                    assert ops.counts["encoder_layer_int8"] == 2 and ops.counts["quantize_rows_int8"] == 1, ops.counts
+                else:
+                    # Per layer: quantize the attention output and the FFN's middle; the first layer also its
+                    # input (the second gets the first's last add & norm codes); the pooler its input. The
+                    # last add & norm has no packed layer to serve: torch's LayerNorm.
+                    assert ops.counts["add_layer_norm_int8"] == 3 and ops.counts["quantize_rows_int8"] == 6, ops.counts
+
+
+@pytest.mark.parametrize("config", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_one_op_is_the_python_sequence(config, fused_runs, layer_op_calls):
+    # With the GELU fused and bitops' attention, a fused layer is one encoder_layer_int8 call: the same
+    # ops in the same order as the Python sequence, so the same outputs bit for bit (GEMM and GEMV row
+    # counts, masks, the first layer quantizing its input and the second taking the codes handed on).
+    model = packed_bert(config)
+    bitops.fuse_gelu_(model)
+    bitops.use_attention_kernel_(model)
+    assert bitops.fuse_encoder_layers_(model) == 2
+    plans = [layer.forward for layer in model.encoder.layer]
+    assert all(p.one_op for p in plans)
+    for batch in (inputs(3, 20, pad=7), inputs(2, 9), inputs(1, 5), inputs(1, 1)):
+        for mode in (torch.inference_mode, torch.no_grad):
+            with mode():
+                got = model(**batch).last_hidden_state
+                assert len(layer_op_calls) == 2
+                for p in plans:
+                    p.one_op = False
+                want = model(**batch).last_hidden_state
+                assert len(layer_op_calls) == 2
+                for p in plans:
+                    p.one_op = True
+                layer_op_calls.clear()
+                assert torch.equal(got, want)
+    assert len(fused_runs) == 4 * 2 * 4
+
+
+def test_layer_op_matches_its_reference():
+    # bitops.reference.encoder_layer_int8: the same sequence of the ops' pure-torch references.
+    from bitops import reference
+
+    model = packed_bert(CONFIGS["W1A8"])
+    bitops.fuse_gelu_(model)
+    bitops.fuse_encoder_layers_(model)
+    plan = model.encoder.layer[0].forward
+    args = plan.layer_op_args(torch.randn(2, 7, 32), None, None, 8)
+    mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    for gemv in (False, True):
+        a = dict(args, attn_mask=mask, gemv_weights=[m.gemv_layout() if gemv else None for m in plan.layer_op_modules()])
+        with torch.no_grad():
+            out, q, s = bitops.ops.encoder_layer_int8(**a)
+            r_out, r_q, r_s = reference.encoder_layer_int8(**a)
+        torch.testing.assert_close(out, r_out, rtol=0, atol=1e-4)
+        assert q.shape == r_q.shape and (q.int() - r_q.int()).abs().max() <= 1 and (q != r_q).float().mean() < 0.01
+        torch.testing.assert_close(s, r_s, rtol=1e-5, atol=0)
 
 
 def test_codes_handed_on_only_for_the_tensor_they_belong_to(fused_runs):

@@ -147,9 +147,10 @@ TORCH_LIBRARY_IMPL(bitops, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
 TORCH_LIBRARY(bitops_cuda, m) {
   for (const char* schema : kSchemas) {
     const std::string_view s(schema);
-    const bool cpu_only = s.rfind("quantize_rows_int8", 0) == 0 || s.rfind("packed_gemv_int8", 0) == 0 ||
-                          s.rfind("attention", 0) == 0 || s.rfind("add_layer_norm_int8", 0) == 0;
-    if (!cpu_only) m.def(schema);
+    const bool no_cuda_kernel = s.rfind("quantize_rows_int8", 0) == 0 || s.rfind("packed_gemv_int8", 0) == 0 ||
+                          s.rfind("attention", 0) == 0 || s.rfind("add_layer_norm_int8", 0) == 0 ||
+                          s.rfind("encoder_layer_int8", 0) == 0;
+    if (!no_cuda_kernel) m.def(schema);
   }
 }
 TORCH_LIBRARY_IMPL(bitops_cuda, CUDA, m) { BITOPS_CUDA_IMPLS(m); }
