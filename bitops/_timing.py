@@ -24,15 +24,19 @@ def interleaved_times_ms(fns: Dict[str, Callable[[], object]], repeats: int = 20
     """Wall times in milliseconds of each of ``fns``, timed round-robin: every round calls each
     function once, in turn; entry r of every list is round r. On a shared machine whose speed drifts
     by 2x within a minute (this project's CI and dev machines do), timing one function's repeats after
-    another's puts the drift into their ratio; interleaved, the drift lands on all of them alike."""
+    another's puts the drift into their ratio; interleaved, the drift lands on all of them alike. Odd
+    rounds go in reverse order, so that no function always runs right after the same other one
+    (bench_e2e at 32 x 128: a model always timed right after another measured 0.98x of it, 1.04x in
+    alternating order)."""
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r}; expected at least 1")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeats):
+        for name, fn in order if r % 2 == 0 else reversed(order):
             t0 = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)

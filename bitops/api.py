@@ -291,11 +291,11 @@ class _EncoderLayerPlan:
         o = self.qkv.offsets
         self.equal_thirds = o == [0, o[1], 2 * o[1], 3 * o[1]] and o[1] % self.self_attention.attention_head_size == 0
         # The layer as one op (encoder_layer_int8) where it is that op's sequence: the default add & norm,
-        # the GELU inside the quantization, plain packed layers (a split one, bitops.tws, repeats its
-        # input), and, checked at each call, query, key and value as wide as the input and an attention
+        # plain packed layers (a split one, bitops.tws, repeats its input), and, checked at each call, the
+        # GELU inside the quantization, query, key and value as wide as the input and an attention
         # function that runs bitops.attention.
         lins = (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2)
-        self.one_op = (not exact and self.equal_thirds and self.ffn2.input_activation == "gelu"
+        self.one_op = (not exact and self.equal_thirds
                        and all(type(m).kernel_inputs is _PackedLinear.kernel_inputs for m in lins))
         self.float_params = [p for m in (self.norm1, self.norm2) for p in m.parameters()] + [
             b for m in (*self.qkv.layers, self.attention_dense, self.ffn1, self.ffn2) if (b := m._bias()) is not None]
@@ -390,8 +390,8 @@ class _EncoderLayerPlan:
         nxt = self.next
         bits = None if nxt is None or nxt.exact else nxt.qkv.layers[0].act_bits
         when = getattr(attend, BITOPS_ATTENTION_WHEN, None)
-        if (self.one_op and when is not None and group.offsets[3] == 3 * hidden
-                and when(sa, x.view(b, t, -1, sa.attention_head_size).transpose(1, 2), attention_mask, kwargs)):
+        if (self.one_op and when is not None and group.offsets[3] == 3 * hidden and self.ffn2.input_activation == "gelu"
+                and when(sa, x2.view(b, t, -1, sa.attention_head_size).transpose(1, 2), attention_mask, kwargs)):
             # The whole sequence below in one op call (bitops.ops.encoder_layer_int8), without its Python.
             # Positional: keyword arguments cost the op call ~8 us more to parse.
             out, q, scale = _ENCODER_LAYER(*self.layer_op_args(x, codes, attention_mask, bits, fused_qkv).values())
@@ -429,7 +429,7 @@ class _EncoderLayerPlan:
 
     def layer_op_modules(self, fused_qkv=None) -> tuple:
         """The four packed layers of encoder_layer_int8, in its order (query, key and value as one)."""
-        return (fused_qkv or self.qkv._twin(), self.attention_dense, self.ffn1, self.ffn2)
+        return (self.qkv._twin() if fused_qkv is None else fused_qkv, self.attention_dense, self.ffn1, self.ffn2)
 
     def layer_op_args(self, x, codes, attention_mask, bits: Optional[int], fused_qkv=None) -> dict:
         """encoder_layer_int8's arguments, in its order, for this layer on x (B, T, H), with codes (q,

@@ -145,6 +145,12 @@ def test_one_op_is_the_python_sequence(config, fused_runs, layer_op_calls):
                 layer_op_calls.clear()
                 assert torch.equal(got, want)
     assert len(fused_runs) == 4 * 2 * 4
+    x = torch.randn(9, 2, 32).transpose(0, 1)  # a (B, T, H) input that is not contiguous
+    with torch.no_grad():
+        got = plans[1](x)
+        assert len(layer_op_calls) == 1
+        plans[1].one_op = False
+        assert torch.equal(got, plans[1](x)) and len(layer_op_calls) == 1
 
 
 def test_layer_op_matches_its_reference():

@@ -4,11 +4,12 @@ import pytest
 from bitops._timing import interleaved_median_ms, interleaved_times_ms, paired_ratio
 
 
-def test_interleaved_times_are_per_round_and_in_turn():
+def test_interleaved_times_are_per_round_in_alternating_order():
     order = []
     fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
     times = interleaved_times_ms(fns, repeats=4, warmup=2)
-    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 4  # warm-up per function, then round-robin
+    # Warm-up per function, then round-robin, odd rounds in reverse order.
+    assert order == ["a", "a", "b", "b"] + ["a", "b", "b", "a"] * 2
     assert set(times) == {"a", "b"} and all(len(ts) == 4 and min(ts) >= 0 for ts in times.values())
     medians = interleaved_median_ms(fns, repeats=3, warmup=0)
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
