@@ -13,7 +13,8 @@ inference.
   forward (softmax(q k^T * scale + mask) v) on a CPU kernel; ``bitops.use_attention_kernel_(model)``
   makes a transformers model's attention use it (``kd``'s BERT attention calls it already).
 * ``bitops.fuse_encoder_layers_(model)``: each BERT-family encoder layer of a packed model runs as one
-  lean sequence of ops in CPU inference (no submodule forwards).
+  lean sequence of ops in CPU inference (no submodule forwards); with the GELU fused and bitops'
+  attention, as one call of ``torch.ops.bitops.encoder_layer_int8``.
 * ``torch.ops.bitops.*``: the ops (schemas in csrc/ops.cpp, reference in ``bitops.reference``).
 """
 from __future__ import annotations
