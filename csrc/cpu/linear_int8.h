@@ -48,16 +48,18 @@ inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
   return y;
 }
 
-// Whether the lookup kernel writes its results around the caches (non-temporal stores of whole vectors):
-// when the output (M x N floats) is larger than this core's L2 (512 KiB on Zen3) it cannot stay there
-// anyway, and writing it through L2 evicts the tables and indices the next block reads: 128 x 768 x 3072
-// (1.5 MiB of output) and 128 x 384 x 1536 (768 KiB) 4% faster, and 128 x 3072 x 768 (384 KiB) 6% slower
-// (per-call interleaved timing, benchmarks/ab_kernel.sh). Rechecked at stop 19 through the torch op with
-// caches flushed between calls: 4% and 9-11% faster there, 11% at 4096 x 384 x 1536, 3% slower at 4096 x
-// 768 x 3072. (The byte kernel no longer streams: rows4_block.) Needs every row's vectors 32-byte
-// aligned: N a multiple of 8 and y aligned.
+// Whether the lookup kernel writes its results around the caches (non-temporal stores of whole vectors).
+// A call timed alone gains from it once the output passes L2 (512 KiB on Zen3): writing through L2
+// evicts the tables and indices the next block reads (128 x 384 x 1536, 768 KiB of output: 4% faster
+// alone; 128 x 768 x 3072: 4%). But in a model the next op reads the output at once, and what fits the
+// L3 is then read from there, not from memory: in a BERT layer at 1 x 128 tokens (QKV 576 KiB, FFN1
+// 768 KiB of output) attention took 0.41 ms on a cached QKV output against 0.49 on a streamed one, and
+// the whole model (all-MiniLM-L6-v2, W1A8 fused layers, one thread, interleaved) ran 1.024-1.037x faster
+// streaming only past 4 MiB than past 512 KiB; at 32 x 128 tokens (6-25 MiB outputs, streamed either way)
+// not streaming at all was 0.95x. So: past 4 MiB, what an L3 share holds. (The byte kernel no longer
+// streams: rows4_block.) Needs every row's vectors 32-byte aligned: N a multiple of 8 and y aligned.
 inline bool streams_output(const Problem& p) {
-  constexpr int64_t kStreamOutputBytes = 512 * 1024;
+  constexpr int64_t kStreamOutputBytes = 4 * 1024 * 1024;
   return p.m * p.n * static_cast<int64_t>(sizeof(float)) > kStreamOutputBytes && p.n % 8 == 0 &&
          reinterpret_cast<uintptr_t>(p.y) % 32 == 0;
 }
