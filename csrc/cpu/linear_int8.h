@@ -56,7 +56,8 @@ inline float finish(const Problem& p, float y, int64_t i, int64_t j) {
 // 768 KiB of output) attention took 0.41 ms on a cached QKV output against 0.49 on a streamed one, and
 // the whole model (all-MiniLM-L6-v2, W1A8 fused layers, one thread, interleaved) ran 1.024-1.037x faster
 // streaming only past 4 MiB than past 512 KiB; at 32 x 128 tokens (6-25 MiB outputs, streamed either way)
-// not streaming at all was 0.95x. So: past 4 MiB, what an L3 share holds. (The byte kernel no longer
+// not streaming at all was 0.95x. So: past 4 MiB, what an L3 share holds. (A call alone, ab_kernel.sh,
+// against streaming from 512 KiB: 0.988x [0.95, 1.03] at 128 x 768 x 3072, 0.995x at 128 x 384 x 1536.) (The byte kernel no longer
 // streams: rows4_block.) Needs every row's vectors 32-byte aligned: N a multiple of 8 and y aligned.
 inline bool streams_output(const Problem& p) {
   constexpr int64_t kStreamOutputBytes = 4 * 1024 * 1024;
