@@ -210,15 +210,18 @@ BITOPS_TARGET_FMA float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// exp(x - mx) of 8 scores, 0 where x - mx < -87.3 (a masked score is -inf; nan stays nan).
+// exp(x - mx) of 8 scores, 0 where x - mx < -86.6 (a masked score is -inf; nan stays nan).
 // x - mx = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness, Cody & Waite), exp(r) =
 // 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3), fitted for relative error (1.8e-7 evaluated in float32;
-// a Taylor series to r^7 made the kernel 5% slower at 1 x 128), times 2^n through the exponent bits.
-// No clamp: below -87.3, where 2^n leaves float's normal range, the result is masked to 0 instead.
+// a Taylor series to r^7 made the kernel 5% slower at 1 x 128), times 2^n by adding n to its exponent
+// bits. n is rounded by adding 1.5 * 2^23 in the FMA that divides by ln2 (round-to-nearest-even then
+// happens in that addition) and subtracting it again: with the integer add, 2 operations fewer than
+// vroundps and a float multiply by 2^n, attention 1.1-1.5% faster at 1 x 128 and 32 x 128, outputs the
+// same. No clamp: below -86.6, where p 2^n would leave float's normal range, the result is masked to 0.
 BITOPS_TARGET_FMA inline __m256 softmax_exp(__m256 x, __m256 mx) {
   const __m256 a = _mm256_sub_ps(x, mx);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 magic = _mm256_set1_ps(12582912.f);  // 1.5 * 2^23
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(a, _mm256_set1_ps(1.44269504088896341f), magic), magic);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), a);
   r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
   __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.008312525f), r, _mm256_set1_ps(0.041890115f));
@@ -226,10 +229,10 @@ BITOPS_TARGET_FMA inline __m256 softmax_exp(__m256 x, __m256 mx) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.49999231f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  // 2^n into the exponent bits: exact for n >= -126, that is a >= -87.3; smaller a are masked below.
-  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
-  return _mm256_andnot_ps(_mm256_cmp_ps(a, _mm256_set1_ps(-87.3f), _CMP_LT_OQ), e);
+  // p (in [0.7, 1.42]) times 2^n, n >= -125: a normal float. A nan n converts to 0x80000000, which
+  // the shift turns into 0: a nan p stays as it is.
+  const __m256i e = _mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23));
+  return _mm256_andnot_ps(_mm256_cmp_ps(a, _mm256_set1_ps(-86.6f), _CMP_LT_OQ), _mm256_castsi256_ps(e));
 }
 
 // Scales and masks one row of raw scores x[j0:j1] in place, replaces them with exp(x - max); returns
