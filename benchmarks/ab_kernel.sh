@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B timing of CPU kernel builds, call by call, in one process. On the shared 2-core machine the speed
 # drifts by up to 2x within a minute, so two `make bench` runs cannot settle a 2-5% change; calling the
-# builds alternately, each round once, and taking the median of the per-round speed ratios can.
+# builds alternately, each round once (odd rounds in reverse order), and taking the median of the per-round
+# speed ratios can.
 #
 #   bash benchmarks/ab_kernel.sh KERNEL M K N REV [REV...]
 #   bash benchmarks/ab_kernel.sh lut 128 768 3072 HEAD .      # last commit against the working tree
