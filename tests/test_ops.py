@@ -99,13 +99,17 @@ def test_linear_int8_lut_exact(m, n, k):
 
 # Several 64-row activation blocks: three or more per thread read the indices built once per call, two
 # do when those fit L2 (100 x 200 x 385 on one thread) and build their own otherwise (100 x 1030 x 3072,
-# or one block per thread: 100 x 200 x 385 on two). Outputs past 512 KiB
-# go out with non-temporal stores (N a multiple of 8) or not (N odd). One thread (blocks in turn), two
-# (the blocks shared out) and four (more threads than blocks: the weight blocks shared out), at K in
-# block order (tables fit L2) and in chunk order (K = 3072).
+# or one block per thread: 100 x 200 x 385 on two). Outputs past 4 MiB go out with non-temporal stores
+# (N a multiple of 8: the 1030-row cases), and then, in block order, the last chunk of each whole weight
+# block goes through the epilogue from registers: with one chunk (K = 96), the last of three partly
+# filled (K = 385), a last activation block of 6 rows (one four, then a pair through the totals) and a
+# partial last weight block (N = 1032). One thread (blocks in turn), two (the blocks shared out) and
+# four (more threads than blocks: the weight blocks shared out), at K in block order (tables fit L2) and
+# in chunk order (K = 3072).
 @pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the lookup-table kernel is AVX2 code; this CPU has none")
 @pytest.mark.parametrize("threads", [1, 2, 4])
-@pytest.mark.parametrize("m,n,k", [(200, 1032, 96), (131, 1030, 97), (130, 1032, 3072), (100, 200, 385), (100, 1030, 3072)])
+@pytest.mark.parametrize("m,n,k", [(200, 1032, 96), (131, 1030, 97), (130, 1032, 3072), (100, 200, 385), (100, 1030, 3072),
+                                   (1030, 1032, 96), (1030, 1032, 385), (1030, 1032, 3072)])
 def test_linear_int8_lut_activation_blocks(m, n, k, threads):
     g = torch.Generator().manual_seed(m + n + k)
     packed, scale, gs = make_weight(n, k, 1, gen=g)

@@ -229,15 +229,64 @@ BITOPS_TARGET_AVX2 inline __m256i load_table(const int16_t* e) {
   return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(e)));
 }
 
-// Adds the 16 int16 lane totals of `acc` to the int32 totals of rows [0, 16) at `total`, or stores them
-// there for the first chunk (`first`): no pass to zero the totals beforehand (a memset was 7% of a call).
-BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total, bool first) {
-  __m256i* t = reinterpret_cast<__m256i*>(total);
+// The 16 int16 lane totals of `acc` widened to int32 (rows 0-7, 8-15), plus the int32 totals at `total`
+// unless this is the first chunk (`first`): no pass to zero the totals beforehand (a memset was 7% of a call).
+struct Widened {
+  __m256i a, b;
+};
+
+BITOPS_TARGET_AVX2 inline Widened widened(__m256i acc, const int32_t* total, bool first) {
+  const __m256i* t = reinterpret_cast<const __m256i*>(total);
   __m256i a = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc));
   __m256i b = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1));
   if (!first) a = _mm256_add_epi32(_mm256_loadu_si256(t), a), b = _mm256_add_epi32(_mm256_loadu_si256(t + 1), b);
-  _mm256_storeu_si256(t, a);
-  _mm256_storeu_si256(t + 1, b);
+  return {a, b};
+}
+
+// Adds `acc` into the int32 totals of rows [0, 16) at `total` (stores them for the first chunk).
+BITOPS_TARGET_AVX2 inline void widen_add(__m256i acc, int32_t* total, bool first) {
+  const auto [a, b] = widened(acc, total, first);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(total), a);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(total) + 1, b);
+}
+
+// The exact epilogue of the reference for 8 weight rows of one activation row: the same operations in
+// the same order as signed_dot, add_group and finish (int32 -> float conversion, then * weight scale,
+// * activation scale, + bias, each rounded once: no FMA), so the results are the scalar epilogue's bit
+// for bit, at about one instruction per result instead of ten. `stream` (see streams_output): a
+// non-temporal store.
+struct RowEpilogue {
+  __m256i xsum;
+  __m256 x_scale;
+  const float *w_scale, *bias;  // at the first of the rows
+  float* y;
+  bool stream;
+};
+
+BITOPS_TARGET_AVX2 inline RowEpilogue row_epilogue(const Problem& p, int64_t i, int64_t n0, bool stream) {
+  return {_mm256_set1_epi32(p.xsum[i]), _mm256_set1_ps(p.x_scale[i]), p.w_scale + n0, p.bias ? p.bias + n0 : nullptr,
+          p.y + i * p.n + n0, stream};
+}
+
+BITOPS_TARGET_AVX2 inline void finish8(const RowEpilogue& e, int64_t r, __m256i u_dot_x) {
+  const __m256i acc = _mm256_sub_epi32(_mm256_slli_epi32(u_dot_x, 1), e.xsum);  // signed_dot, 1 bit
+  __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(e.w_scale + r));
+  v = _mm256_mul_ps(v, e.x_scale);
+  if (e.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + r));
+  if (e.stream) {
+    _mm256_stream_ps(e.y + r, v);
+  } else {
+    _mm256_storeu_ps(e.y + r, v);
+  }
+}
+
+// widen_add for the last chunk of a call's sums, whose totals go straight through the epilogue: weight
+// rows [r, r + 16) of the block, the int32 totals of the earlier chunks at `total` (none when `first`).
+// The totals' store, their reload and the epilogue's own pass over them go; see lut_block.
+BITOPS_TARGET_AVX2 inline void widen_finish(__m256i acc, const int32_t* total, bool first, const RowEpilogue& e, int64_t r) {
+  const auto [a, b] = widened(acc, total, first);
+  finish8(e, r, a);
+  finish8(e, r + 8, b);
 }
 
 // sum(u * x) over `count` triples for MR activation rows (tables t0, t1) x 4 sub-blocks of 16 weight
@@ -285,8 +334,10 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk(const int16_t* t0, const int16_t* t1
 // each table load feeds 2 shuffles and each index load 4, so a step takes 6 loads for 8 shuffles, where
 // lookup_chunk<2> takes 10 (2 tables + 4 indices, each index read twice as a memory operand). 27
 // instructions per step against ~30; callgrind, 128 x 768 x 3072: 28.3 M instructions per call against 29.8 M.
+template <bool Finish>
 BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const __m256i* idx, int64_t count,
-                                                int32_t* const* total, bool first) {
+                                                int32_t* const* total, bool first,
+                                                const RowEpilogue* finish, int64_t r) {
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
   const int16_t *t0 = t[0], *t1 = t[1], *t2 = t[2], *t3 = t[3];
   for (int64_t k = 0; k < count; ++k) {
@@ -306,19 +357,29 @@ BITOPS_TARGET_AVX2 inline void lookup_chunk_4x2(const int16_t* const* t, const _
     keep_in_register(a0), keep_in_register(a1), keep_in_register(a2), keep_in_register(a3);
     keep_in_register(b0), keep_in_register(b1), keep_in_register(b2), keep_in_register(b3);
   }
-  widen_add(a0, total[0], first), widen_add(b0, total[0] + kSubRows, first);
-  widen_add(a1, total[1], first), widen_add(b1, total[1] + kSubRows, first);
-  widen_add(a2, total[2], first), widen_add(b2, total[2] + kSubRows, first);
-  widen_add(a3, total[3], first), widen_add(b3, total[3] + kSubRows, first);
+  if constexpr (Finish) {  // the call's last chunk: rows r .. r + 31 of the block go out as results
+    widen_finish(a0, total[0], first, finish[0], r), widen_finish(b0, total[0] + kSubRows, first, finish[0], r + kSubRows);
+    widen_finish(a1, total[1], first, finish[1], r), widen_finish(b1, total[1] + kSubRows, first, finish[1], r + kSubRows);
+    widen_finish(a2, total[2], first, finish[2], r), widen_finish(b2, total[2] + kSubRows, first, finish[2], r + kSubRows);
+    widen_finish(a3, total[3], first, finish[3], r), widen_finish(b3, total[3] + kSubRows, first, finish[3], r + kSubRows);
+  } else {
+    widen_add(a0, total[0], first), widen_add(b0, total[0] + kSubRows, first);
+    widen_add(a1, total[1], first), widen_add(b1, total[1] + kSubRows, first);
+    widen_add(a2, total[2], first), widen_add(b2, total[2] + kSubRows, first);
+    widen_add(a3, total[3], first), widen_add(b3, total[3] + kSubRows, first);
+  }
 }
 
 // Adds chunk c (kChunkTriples triples) of activation rows [tab.i0, tab.i0 + tab.rows) times the weight rows
 // of block nb, [n0, n0 + kLutRowBlock), into `totals` (chunk 0 stores into them): row i at totals + (i - tab.i0) * ld,
-// weight row n0 + r at column r (n0 = nb * kLutRowBlock).
-BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, const Indices& indices, int64_t nb, int64_t c,
-                                  int32_t* totals, int64_t ld) {
+// weight row n0 + r at column r (n0 = nb * kLutRowBlock). With Finish (the last chunk of a whole block)
+// the rows taken by fours go through the epilogue straight from registers instead; returns the first
+// row whose totals still need lut_epilogue (i1 when none).
+template <bool Finish>
+BITOPS_TARGET_AVX2 int64_t lut_chunk(const Problem& p, const Tables& tab, const Indices& indices, int64_t nb, int64_t c,
+                                     int32_t* totals, int64_t ld, bool stream) {
   const int64_t t_count = lut_triples(p.nw), count = std::min(kChunkTriples, t_count - c * kChunkTriples);
-  const int64_t i0 = tab.i0, i1 = tab.i0 + tab.rows;
+  const int64_t i0 = tab.i0, i1 = tab.i0 + tab.rows, n0 = nb * kLutRowBlock;
   alignas(32) __m256i scratch[Indices::kChunkVectors];
   const __m256i* idx = indices.chunk(p, nb, c, scratch);
   // Activation rows by fours, each through all sub-blocks while its 4 tables (4 KiB) stay in L1 with the
@@ -326,10 +387,14 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, const Ind
   int64_t i4 = i0;
   for (; i4 + 4 <= i1; i4 += 4) {
     const int16_t* t[4] = {tab.at(c, i4), tab.at(c, i4 + 1), tab.at(c, i4 + 2), tab.at(c, i4 + 3)};
+    RowEpilogue rows[4];
+    if constexpr (Finish) {
+      for (int r = 0; r < 4; ++r) rows[r] = row_epilogue(p, i4 + r, n0, stream);
+    }
     for (int sb = 0; sb < kSubBlocks; sb += 2) {
       int32_t* const tot[4] = {totals + (i4 - i0) * ld + sb * kSubRows, totals + (i4 + 1 - i0) * ld + sb * kSubRows,
                                totals + (i4 + 2 - i0) * ld + sb * kSubRows, totals + (i4 + 3 - i0) * ld + sb * kSubRows};
-      lookup_chunk_4x2(t, idx + sb * kChunkTriples, count, tot, c == 0);
+      lookup_chunk_4x2<Finish>(t, idx + sb * kChunkTriples, count, tot, c == 0, rows, sb * kSubRows);
     }
   }
   for (int sb = 0; sb < kSubBlocks; sb += kSubBlocksPerPass) {
@@ -341,49 +406,44 @@ BITOPS_TARGET_AVX2 void lut_chunk(const Problem& p, const Tables& tab, const Ind
     }
     if (i < i1) lookup_chunk<1>(tab.at(c, i), nullptr, ix, count, totals + (i - i0) * ld + sb * kSubRows, nullptr, c == 0);
   }
+  return Finish ? i4 : i0;
 }
 
-// The exact epilogue of the reference for weight rows [n0, n0 + kLutRowBlock) (clipped at n), 8 rows
-// per vector: the same operations in the same order as signed_dot, add_group and finish (int32 -> float
-// conversion, then * weight scale, * activation scale, + bias, each rounded once: no FMA), so the
-// results are the scalar epilogue's bit for bit, at about one instruction per result instead of ten.
-// `stream` (see streams_output): whole vectors go out with non-temporal stores.
-BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_t n0, const int32_t* totals,
-                                     int64_t ld, bool stream) {
+// The epilogue (finish8) of activation rows [i_begin, tab.i0 + tab.rows) for weight rows [n0, n0 +
+// kLutRowBlock) (clipped at n) from their int32 totals, 8 weight rows per vector; the last n % 8 scalar.
+BITOPS_TARGET_AVX2 void lut_epilogue(const Problem& p, const Tables& tab, int64_t i_begin, int64_t n0,
+                                     const int32_t* totals, int64_t ld, bool stream) {
   const int64_t rows = std::min(kLutRowBlock, p.n - n0), vector_rows = rows / 8 * 8;
-  for (int64_t i = tab.i0; i < tab.i0 + tab.rows; ++i) {
+  for (int64_t i = i_begin; i < tab.i0 + tab.rows; ++i) {
     const int32_t* tot = totals + (i - tab.i0) * ld;
-    const __m256i xsum = _mm256_set1_epi32(p.xsum[i]);
-    const __m256 x_scale = _mm256_set1_ps(p.x_scale[i]);
-    float* y = p.y + i * p.n + n0;
-    for (int64_t r = 0; r < vector_rows; r += 8) {
-      const __m256i u_dot_x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + r));
-      const __m256i acc = _mm256_sub_epi32(_mm256_slli_epi32(u_dot_x, 1), xsum);  // signed_dot, 1 bit
-      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(p.w_scale + n0 + r));
-      v = _mm256_mul_ps(v, x_scale);
-      if (p.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p.bias + n0 + r));
-      if (stream) {
-        _mm256_stream_ps(y + r, v);
-      } else {
-        _mm256_storeu_ps(y + r, v);
-      }
-    }
+    const RowEpilogue e = row_epilogue(p, i, n0, stream);
+    for (int64_t r = 0; r < vector_rows; r += 8) finish8(e, r, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tot + r)));
     for (int64_t r = vector_rows; r < rows; ++r) {
       const int64_t j = n0 + r;
-      y[r] = finish(p, add_group(0.f, 0, signed_dot(p, tot[r], p.xsum[i]), p.w_scale[j]), i, j);
+      e.y[r] = finish(p, add_group(0.f, 0, signed_dot(p, tot[r], p.xsum[i]), p.w_scale[j]), i, j);
     }
   }
-  if (stream) _mm_sfence();  // the streamed results are visible before the thread reports its work done
 }
 
 // Block order: one weight block through every chunk; totals one block wide (<= 32 KiB). Best when the
-// activation block's tables fit in L2 and are re-read by every weight block from there.
+// activation block's tables fit in L2 and are re-read by every weight block from there. Where the output
+// streams (large M), the last chunk of a whole block finishes its rows from registers (lut_chunk<true>):
+// no store of its totals, no reload, no epilogue pass over them. ab_kernel.sh lut, one thread, 400-500
+// rounds against the separate pass: 4096 x 384 x 1152 1.042-1.072x, 4096 x 384 x 1536 1.029-1.050x
+// (MiniLM's QKV and FFN1 at 32 x 128 tokens; K = 384 is 2 chunks), 4096 x 768 x 3072 1.001x. Where the
+// output stays cached (M = 128) it was not faster, so those calls keep the pass. (The calls that do not
+// take the new path measured 0.96-0.98x against the old build, and 1.00-1.01x when both are built with
+// -falign-loops=32, which itself moves the old build by 0.95-0.98x: where the loops land in memory, not
+// what they do. Changes of a few percent need the same flags on both sides and several shapes.)
 BITOPS_TARGET_AVX2 void lut_block(const Problem& p, const Tables& tab, const Indices& idx, int64_t nb, bool stream) {
-  const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples;
+  const int64_t chunks = (lut_triples(p.nw) + kChunkTriples - 1) / kChunkTriples, n0 = nb * kLutRowBlock;
+  const bool finish = stream && n0 + kLutRowBlock <= p.n;
   thread_local std::vector<int32_t> totals;
   totals.resize(static_cast<size_t>(tab.rows * kLutRowBlock));  // chunk 0 stores, the others add
-  for (int64_t c = 0; c < chunks; ++c) lut_chunk(p, tab, idx, nb, c, totals.data(), kLutRowBlock);
-  lut_epilogue(p, tab, nb * kLutRowBlock, totals.data(), kLutRowBlock, stream);
+  for (int64_t c = 0; c + 1 < chunks; ++c) lut_chunk<false>(p, tab, idx, nb, c, totals.data(), kLutRowBlock, stream);
+  const int64_t rest = finish ? lut_chunk<true>(p, tab, idx, nb, chunks - 1, totals.data(), kLutRowBlock, stream)
+                              : lut_chunk<false>(p, tab, idx, nb, chunks - 1, totals.data(), kLutRowBlock, stream);
+  lut_epilogue(p, tab, rest, n0, totals.data(), kLutRowBlock, stream);
 }
 
 // Chunk order: one chunk through every weight block, so only that chunk's tables (kLutRowsM x 1 KiB) need
@@ -394,9 +454,9 @@ BITOPS_TARGET_AVX2 void lut_rows_chunk_order(const Problem& p, const Tables& tab
   thread_local std::vector<int32_t> totals;
   totals.resize(static_cast<size_t>(tab.rows * ld));  // chunk 0 stores, the others add
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk(p, tab, idx, nb, c, totals.data() + nb * kLutRowBlock, ld);
+    for (int64_t nb = 0; nb < n_blocks; ++nb) lut_chunk<false>(p, tab, idx, nb, c, totals.data() + nb * kLutRowBlock, ld, stream);
   for (int64_t nb = 0; nb < n_blocks; ++nb)
-    lut_epilogue(p, tab, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld, stream);
+    lut_epilogue(p, tab, tab.i0, nb * kLutRowBlock, totals.data() + nb * kLutRowBlock, ld, stream);
 }
 
 }  // namespace
@@ -420,12 +480,14 @@ BITOPS_TARGET_AVX2 void lut_gemm_avx2(const Problem& p) {
           for (int64_t nb = 0; nb < n_blocks; ++nb) lut_block(p, tab, idx, nb, stream);
         }
       }
+      if (stream) _mm_sfence();  // the streamed results are visible before the thread reports its work done
     });
     return;
   }
   const Tables tab = build_tables(p, 0, p.m);
   at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t nb = b0; nb < b1; ++nb) lut_block(p, tab, idx, nb, stream);
+    if (stream) _mm_sfence();
   });
 }
 
