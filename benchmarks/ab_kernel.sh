@@ -16,7 +16,8 @@
 # round on the same random problem (one scale per row, no bias, int8 activations zero-padded to 32).
 # Prints per build: median and best GMAC/s, the median speed ratio against the first REV with its
 # quartiles, and whether its output equals the first's bit for bit. Env: ROUNDS (400, after 10 warm-up
-# rounds), THREADS (1), CPU (the core to pin, 1), BITS.
+# rounds), THREADS (1), CPU (the cores to pin: 1 for one thread, 0-(THREADS-1) for more, up to the
+# machine's cores, so that each thread has a core of its own), BITS.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,5 +80,8 @@ for j in "${!pids[@]}"; do
     exit 1
   fi
 done
-echo "$KERNEL, M=$M K=$K N=$N, $BITS-bit codes, ${THREADS:-1} thread(s), ${ROUNDS:-400} rounds, core ${CPU:-1}"
-taskset -c "${CPU:-1}" "$WORK/ab" "$M" "$K" "$N" "$BITS" "${THREADS:-1}" "${ROUNDS:-400}" "${libs[@]}"
+THREADS=${THREADS:-1}
+CORES=$(( THREADS < $(nproc) ? THREADS : $(nproc) ))
+if [ "$CORES" -gt 1 ]; then CPU=${CPU:-0-$((CORES - 1))}; else CPU=${CPU:-1}; fi
+echo "$KERNEL, M=$M K=$K N=$N, $BITS-bit codes, $THREADS thread(s), ${ROUNDS:-400} rounds, core(s) $CPU"
+taskset -c "$CPU" "$WORK/ab" "$M" "$K" "$N" "$BITS" "$THREADS" "${ROUNDS:-400}" "${libs[@]}"
