@@ -80,7 +80,10 @@ def test_int8_kernel_path_rule():
 # flush), and K = 1 (tables built by the scalar tail only past the first pairs of triples); rows around
 # its 16-row shuffles, its 8-row vector epilogue and its 128-row blocks; odd M (the 1-row tail of its
 # 2-row passes); with and without bias; activations at -128 everywhere (the largest table entries,
-# |3 * -128| per triple).
+# |3 * -128| per triple). The index build reads each whole 16-row group's 3-word span with one 16-byte
+# load per row where the word after the span is readable, word by word elsewhere: partial groups (N % 16),
+# a last span of fewer words (K = 97: 4 words), and whole spans ending the matrix's last group (N = 16,
+# 128 with K = 95, 96, 192, 3072: a multiple of 3 words).
 @pytest.mark.skipif(not bitops._ops._C.cpu_has_avx2(), reason="the lookup-table kernel is AVX2 code; this CPU has none")
 @pytest.mark.parametrize("k", [1, 95, 96, 97, 191, 192, 193, 385, 3072])
 @pytest.mark.parametrize("m,n", [(5, 1), (6, 15), (7, 16), (8, 17), (33, 127), (64, 128), (9, 129), (17, 300)])
