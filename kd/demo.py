@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from bitops._timing import median_ms
+from bitops._timing import interleaved_median_ms
 
 from . import trainer as T
 from .data import Encoded, load_mr
@@ -47,11 +47,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def latency_ms(model, batch) -> float:
-    """Median CPU time of one inference forward over ``batch``."""
+def latencies_ms(models: dict, batch) -> dict:
+    """Median time of one inference forward over ``batch`` of each of ``models`` (name -> model), timed
+    round-robin (bitops._timing.interleaved_median_ms): on a shared machine whose speed drifts, models timed
+    one after another each get a different phase of it (the 1-bit student measured 70.9 ms and, with the
+    same kernels, 92.5 ms in two demo runs a stop apart)."""
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     with torch.inference_mode():
-        return median_ms(lambda: model(**inputs), repeats=10, warmup=2)
+        return interleaved_median_ms({name: (lambda m=m: m(**inputs)) for name, m in models.items()}, repeats=10, warmup=2)
 
 
 def _mb(path: str) -> float:
@@ -94,18 +97,16 @@ def main(argv=None) -> dict:
 
     dev = Encoded(data.dev, tok, a.max_length, "classification")
     bench = dev.batch(range(min(a.batch_size, len(dev))))
-    rows = []
-    for name, model, path, layers in models:
-        acc = T.evaluate(model, dev, "classification")["accuracy"]
-        ms = latency_ms(model, bench)
-        rows.append((name, layers, acc, _mb(path), ms))
+    accuracy = {name: T.evaluate(model, dev, "classification")["accuracy"] for name, model, _, _ in models}
+    ms = latencies_ms({name: model for name, model, _, _ in models}, bench)
+    rows = [(name, layers, accuracy[name], _mb(path), ms[name]) for name, _, path, layers in models]
     same_layers_fp32 = next((r[3] for r in rows[:-1] if r[1] == rows[-1][1]), None)
     print()
     print(f"{'model':32s} {'layers':>6s} {'MR dev acc':>10s} {'file MB':>9s} {'ms/batch':>9s}")
     for name, layers, acc, mb, ms in rows:
         print(f"{name:32s} {layers:6d} {acc:10.4f} {mb:9.2f} {ms:9.1f}")
     one_bit = rows[-1][3]
-    print(f"\nlatency: batch of {bench['input_ids'].shape[0]} x {bench['input_ids'].shape[1]} tokens, median, {a.threads} thread(s)")
+    print(f"\nlatency: batch of {bench['input_ids'].shape[0]} x {bench['input_ids'].shape[1]} tokens, median of 10 interleaved rounds, {a.threads} thread(s)")
     print(f"exported 1-bit student vs FP32 teacher file: {rows[0][3] / one_bit:.1f}x smaller"
           + (f"; vs FP32 with the same {rows[-1][1]} layers: {same_layers_fp32 / one_bit:.1f}x smaller" if same_layers_fp32 else ""))
     print(f"time: teacher {t_teacher:.0f} s, XTC {t_xtc:.0f} s, total {time.time() - t0:.0f} s")
