@@ -50,8 +50,8 @@ def parse_args(argv=None):
 def latencies_ms(models: dict, batch) -> dict:
     """Median time of one inference forward over ``batch`` of each of ``models`` (name -> model), timed
     round-robin (bitops._timing.interleaved_median_ms): on a shared machine whose speed drifts, models timed
-    one after another each get a different phase of it (the 1-bit student measured 70.9 ms and, with the
-    same kernels, 92.5 ms in two demo runs a stop apart)."""
+    one after another each get a different phase of it (the 1-bit student measured 70.9 ms in one demo run
+    and 92.5 ms in the next stop's, whose kernels were faster at its shapes)."""
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     with torch.inference_mode():
         return interleaved_median_ms({name: (lambda m=m: m(**inputs)) for name, m in models.items()}, repeats=10, warmup=2)
